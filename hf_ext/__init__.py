@@ -1,0 +1,46 @@
+"""hf_ext: SANDE backdoor removal, conv-basis attention and progressive pose transfer
+as native extensions of transformers, TRL and diffusers.
+
+The public names below are imported on first use, so `import hf_ext` stays cheap
+and pulls no optional dependency.
+"""
+
+import importlib
+import os
+from typing import TYPE_CHECKING
+
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_LAZY_IMPORTS = {
+    "render_model_card": "hub",
+    "save_model_card": "hub",
+    "push_folder_to_hub": "hub",
+}
+
+__all__ = ["__version__", *_LAZY_IMPORTS]
+
+# In a source checkout trainers/, model_cards/ and benchmarks/ sit beside this
+# folder; an install maps them into the package (see pyproject.toml). Searching the
+# checkout root as well makes `hf_ext.trainers` resolve the same way in both.
+_checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isfile(os.path.join(_checkout_root, "trainers", "__init__.py")):
+    __path__.append(_checkout_root)
+
+
+def __getattr__(name):
+    if name in _LAZY_IMPORTS:
+        module = importlib.import_module(f".{_LAZY_IMPORTS[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'hf_ext' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_IMPORTS))
+
+
+if TYPE_CHECKING:
+    from .hub import push_folder_to_hub, render_model_card, save_model_card

@@ -1,0 +1,1 @@
+"""evaluate-compatible metric modules."""

@@ -1,0 +1,1 @@
+"""Accelerate-launchable training scripts: `accelerate launch -m hf_ext.trainers.<name>`."""
