@@ -158,3 +158,33 @@ def random_token_batch(batch_size: int, seq_len: int, vocab_size: int = 512, see
     """Random token ids in [4, vocab_size) (specials excluded), deterministic by seed."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(4, vocab_size, (batch_size, seq_len), generator=generator)
+
+
+def place_in_hub_cache(folder, repo_id: str, cache_dir, revision: str = "main", commit_hash: str | None = None) -> Path:
+    """Lay a saved folder out as a downloaded Hub snapshot, so `from_pretrained(repo_id)`
+    with `HF_HUB_OFFLINE=1` and `cache_dir` (or `HF_HUB_CACHE`) resolves it through
+    huggingface_hub's real cache lookup.
+
+    The layout is huggingface_hub's: `models--{org}--{name}/snapshots/{commit}/<files>` and
+    `refs/{revision}` holding the commit hash. Files are copied (the real cache links them to
+    `blobs/`, which the lookup does not require).
+
+    Returns:
+        `Path`: the snapshot folder.
+    """
+    import hashlib
+    import shutil
+
+    folder, cache_dir = Path(folder), Path(cache_dir)
+    if commit_hash is None:
+        digest = hashlib.sha1()
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(file.relative_to(folder).as_posix().encode())
+            digest.update(file.read_bytes())
+        commit_hash = digest.hexdigest()
+    repo_folder = cache_dir / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo_folder / "snapshots" / commit_hash
+    shutil.copytree(folder, snapshot, dirs_exist_ok=True)
+    (repo_folder / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_folder / "refs" / revision).write_text(commit_hash)
+    return snapshot

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_ext.testing import (
+    place_in_hub_cache,
     TINY_ARCHITECTURES,
     random_token_batch,
     save_pretrained_to,
@@ -74,3 +75,21 @@ def test_random_token_batch_excludes_special_tokens_and_is_seeded():
     assert batch.shape == (3, 50)
     assert batch.min() >= 4 and batch.max() < 100
     assert torch.equal(batch, random_token_batch(3, 50, vocab_size=100, seed=7))
+
+
+def test_place_in_hub_cache_resolves_by_repo_id_offline(tmp_path, tiny_tokenizer):
+    import huggingface_hub
+
+    model = tiny_causal_lm("llama", seed=5)
+    saved = save_pretrained_to(model, tiny_tokenizer, tmp_path / "saved")
+    cache = tmp_path / "cache"
+    snapshot = place_in_hub_cache(saved, "org/tiny-llama", cache)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE
+    resolved = huggingface_hub.snapshot_download("org/tiny-llama", cache_dir=cache)
+    assert resolved == str(snapshot)
+    reloaded = AutoModelForCausalLM.from_pretrained("org/tiny-llama", cache_dir=cache)
+    input_ids = random_token_batch(1, 8, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids).logits, model(input_ids).logits)
+    with pytest.raises(OSError):
+        AutoModelForCausalLM.from_pretrained("org/not-there", cache_dir=cache)
