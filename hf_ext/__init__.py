@@ -17,6 +17,9 @@ _LAZY_IMPORTS = {
     "render_model_card": "hub",
     "save_model_card": "hub",
     "push_folder_to_hub": "hub",
+    "ConvBasisAttention": "attention",
+    "ConvBasisConfig": "attention",
+    "conv_basis_report": "attention",
 }
 
 __all__ = ["__version__", *_LAZY_IMPORTS]
@@ -27,6 +30,9 @@ __all__ = ["__version__", *_LAZY_IMPORTS]
 _checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_checkout_root, "trainers", "__init__.py")):
     __path__.append(_checkout_root)
+
+# Registers attn_implementation="conv_basis" with transformers (attention and mask functions).
+from .attention import integration as _conv_basis_integration  # noqa: E402, F401
 
 
 def __getattr__(name):
@@ -43,4 +49,5 @@ def __dir__():
 
 
 if TYPE_CHECKING:
+    from .attention import ConvBasisAttention, ConvBasisConfig, conv_basis_report
     from .hub import push_folder_to_hub, render_model_card, save_model_card

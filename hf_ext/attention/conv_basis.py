@@ -1,0 +1,610 @@
+"""Conv-basis attention: causal attention as a sum of k convolution matrices, applied with FFTs.
+
+Liang, Liu, Shi, Song, Xu, Yin et al., "Conv-Basis: A New Paradigm for Efficient Attention
+Inference and Gradient Computation in Transformers" (arXiv 2405.05219).
+
+Notation (one head, sequence length n):
+
+    H = M ∘ (s · Q Kᵀ)          masked pre-softmax logits (M lower-triangular, s the scaling)
+    A = M ∘ exp(H),  Z = A 1,  Y = diag(Z)⁻¹ A V
+
+`H` has a k-conv basis when `H = Σ_i conv(b_i, m_i)`. This module uses the equivalent
+*segment form*: column j's profile is `c_j[t] = H[j + t, j]`; there are breakpoints
+`0 = j_1 < ... < j_k < n` and profiles `s_1..s_k` such that every column j of segment i
+(`j_i <= j < j_{i+1}`) has `c_j = s_i[:n - j]` (then `m_i = n - j_i`, `b_1 = s_1`,
+`b_i = s_i - s_{i-1}[:m_i]`). Entrywise functions keep the structure (exp, Gemma-2's
+`cap · tanh(H / cap)`), so with `e_i = exp(s_i - C)`:
+
+    numerator   N = Σ_i e_i ⊛ (V restricted to the columns of segment i)      (causal convolution)
+    denominator Z = Σ_i e_i ⊛ (1 restricted to the columns of segment i)
+    Y = N / Z
+
+computed with one FFT per segment and channel, summed in the frequency domain. No n × n
+tensor is formed on the convolution path.
+
+Numerics. An FFT convolution's error is relative to its largest term, so a row whose mass
+is far below the largest kernel value loses all precision. Each kernel is therefore split
+into *magnitude bands* of width `B` nats (`e^{-B} < ẽ <= 1` within a band after rescaling),
+each band is convolved separately, and band m's result is kept only on the rows that touch
+at least one of its entries (an exact 0/1 convolution of indicators). A kept band contributes
+at least `e^{-B}` (relative) to a row, so every row's relative error is about `eps · e^B`,
+whatever the spread of the logits.
+
+Beyond the paper: an exact local window (the last `local_window` columns of each row are
+computed exactly, the basis covers the farther ones), exact sink columns (the first
+`sink_tokens` columns are their own one-column segments, hence exact) and an `"auto"` policy
+that keeps the basis only for heads whose error on sampled rows is under a tolerance.
+"""
+
+import math
+
+import torch
+
+
+__all__ = [
+    "conv_basis_decompose",
+    "conv_basis_recompose",
+    "recover_conv_basis",
+    "conv_basis_attention",
+    "exact_attention",
+    "sampled_row_error",
+]
+
+POLICIES = ("paper", "auto")
+
+# Band width B (nats) per FFT precision: eps · e^B ≈ 2e-6 (fp64) / 1.3e-4 (fp32).
+_BAND_WIDTH = {torch.float64: 23.0, torch.float32: 7.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# The existence result: exact decomposition of a lower-triangular matrix into its conv basis
+# ----------------------------------------------------------------------------------------------
+
+
+def conv_basis_decompose(matrix: torch.Tensor, atol: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact conv basis (segment form) of a lower-triangular matrix.
+
+    Column j starts a new segment unless its profile equals the previous column's profile
+    shifted by one (`H[r, j] == H[r - 1, j - 1]` for all `r >= j`); by induction every column
+    of a segment then equals the segment's first column, so `k <= n` always exists.
+
+    Args:
+        matrix (`torch.Tensor` of shape `(n, n)`): lower-triangular; entries above the diagonal are ignored.
+        atol (`float`, defaults to 0.0): largest absolute difference still counted as equal.
+
+    Returns:
+        `tuple(torch.Tensor, torch.Tensor)`: `breakpoints` (long, `(k,)`, starting with 0) and
+        `profiles` (`(k, n)`): `profiles[i, t] = matrix[j_i + t, j_i]`, zero for `t >= n - j_i`.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"matrix must be a square (n, n) tensor, got shape {tuple(matrix.shape)}")
+    n = matrix.shape[0]
+    lower = torch.ones(n, n, dtype=torch.bool, device=matrix.device).tril()
+    shifted = torch.zeros_like(matrix)
+    shifted[1:, 1:] = matrix[:-1, :-1]  # shifted[r, j] = H[r - 1, j - 1]
+    differs = ((matrix - shifted).abs() > atol) & lower
+    is_break = differs[:, 1:].any(dim=0)
+    breakpoints = torch.cat([torch.zeros(1, dtype=torch.long, device=matrix.device), 1 + is_break.nonzero().flatten()])
+    return breakpoints, _column_profiles(matrix, breakpoints)
+
+
+def _column_profiles(matrix: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    n = matrix.shape[0]
+    t = torch.arange(n, device=matrix.device)
+    rows = columns[:, None] + t[None, :]
+    valid = rows < n
+    values = matrix[rows.clamp(max=n - 1), columns[:, None].expand_as(rows)]
+    return torch.where(valid, values, torch.zeros((), dtype=matrix.dtype, device=matrix.device))
+
+
+def conv_basis_recompose(breakpoints: torch.Tensor, profiles: torch.Tensor, n: int) -> torch.Tensor:
+    """Lower-triangular `(n, n)` matrix of a conv basis in segment form (inverse of `conv_basis_decompose`).
+
+    Args:
+        breakpoints (`torch.Tensor` of shape `(k,)`): increasing column indices, the first one 0.
+        profiles (`torch.Tensor` of shape `(k, n)`): segment profiles `s_i`.
+        n (`int`): matrix size.
+
+    Returns:
+        `torch.Tensor` of shape `(n, n)`: `H[r, j] = s_i[r - j]` for `r >= j`, j in segment i; 0 above the diagonal.
+    """
+    breakpoints = torch.as_tensor(breakpoints, dtype=torch.long)
+    if breakpoints.ndim != 1 or breakpoints.numel() == 0 or int(breakpoints[0]) != 0:
+        raise ValueError(f"breakpoints must be a 1-D tensor starting with 0, got {breakpoints.tolist()}")
+    if bool((breakpoints[1:] <= breakpoints[:-1]).any()) or int(breakpoints[-1]) >= n:
+        raise ValueError(f"breakpoints must increase strictly and stay below n={n}, got {breakpoints.tolist()}")
+    if profiles.shape != (breakpoints.numel(), n):
+        raise ValueError(f"profiles must have shape ({breakpoints.numel()}, {n}), got {tuple(profiles.shape)}")
+    columns = torch.arange(n, device=profiles.device)
+    segment = torch.searchsorted(breakpoints.to(profiles.device), columns, right=True) - 1  # segment of each column
+    lag = columns[:, None] - columns[None, :]  # r - j
+    values = profiles[segment[None, :].expand(n, n), lag.clamp(min=0)]
+    return torch.where(lag >= 0, values, torch.zeros((), dtype=profiles.dtype, device=profiles.device))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared pieces: logits on demand, masks, exact attention
+# ----------------------------------------------------------------------------------------------
+
+
+def _transform_logits(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    # Gemma-2 soft capping is entrywise, so it keeps the Toeplitz structure.
+    return logits if softcap is None else softcap * torch.tanh(logits / softcap)
+
+
+def _expand_kv(tensor: torch.Tensor, num_heads: int) -> torch.Tensor:
+    # Grouped-query attention: each key/value head serves num_heads // num_kv_heads query heads.
+    groups = num_heads // tensor.shape[1]
+    return tensor if groups == 1 else tensor.repeat_interleave(groups, dim=1)
+
+
+def exact_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    scaling: float,
+    softcap: float | None = None,
+    key_mask: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    dropout: float = 0.0,
+    query_positions: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    row_chunk: int = 1024,
+) -> torch.Tensor:
+    """Exact causal attention, computed in blocks of query rows (memory O(row_chunk · n)).
+
+    By default the queries are the last `Lq` positions of the keys (a query shorter than the
+    keys is the tail of the sequence, as with a KV cache). Rows without any visible key give 0.
+
+    Args:
+        query (`torch.Tensor` of shape `(B, H, Lq, D)`), key (`(B, H, Lk, D)`), value (`(B, H, Lk, Dv)`).
+        scaling (`float`): multiplies `Q Kᵀ`.
+        softcap (`float`, *optional*): logits become `softcap · tanh(logits / softcap)`.
+        key_mask (`torch.Tensor` of shape `(B, Lk)`, *optional*): True for keys that may be attended.
+        sliding_window (`int`, *optional*): a row sees only the keys `r - c < sliding_window`.
+        dropout (`float`, defaults to 0.0): dropout probability on the attention weights.
+        query_positions (`torch.Tensor` of shape `(Lq,)`, *optional*): key position of each query row.
+        attention_mask (`torch.Tensor` (bool), broadcastable to `(B, H, Lq, Lk)`, *optional*): True = attend.
+            When given it is the whole visibility pattern (as built by transformers, cache offsets included)
+            and replaces the causal, sliding-window and key masks.
+        row_chunk (`int`, defaults to 1024): query rows per block.
+
+    Returns:
+        `torch.Tensor` of shape `(B, H, Lq, Dv)` in the dtype of `query`.
+    """
+    compute_dtype = torch.promote_types(query.dtype, torch.float32)
+    q, k, v = query.to(compute_dtype), key.to(compute_dtype), value.to(compute_dtype)
+    lq, lk = q.shape[2], k.shape[2]
+    columns = torch.arange(lk, device=q.device)
+    if query_positions is None:
+        query_positions = torch.arange(lk - lq, lk, device=q.device)
+    outputs = []
+    for start in range(0, lq, row_chunk):
+        rows = query_positions[start : start + row_chunk]
+        logits = _transform_logits(scaling * q[:, :, start : start + rows.numel()] @ k.transpose(-1, -2), softcap)
+        if attention_mask is not None:
+            visible = attention_mask[..., start : start + rows.numel(), :].bool()
+        else:
+            lag = rows[:, None] - columns[None, :]
+            visible = lag >= 0
+            if sliding_window is not None:
+                visible = visible & (lag < sliding_window)
+            visible = visible[None, None]
+            if key_mask is not None:
+                visible = visible & key_mask[:, None, None, :].bool()
+        logits = logits.masked_fill(~visible, float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # fully masked rows -> 0
+        if dropout > 0.0:
+            weights = torch.nn.functional.dropout(weights, p=dropout)
+        outputs.append(weights @ v)
+    return torch.cat(outputs, dim=2).to(query.dtype)
+
+
+def sampled_row_error(approx: torch.Tensor, reference: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Largest relative error per head over (sampled) rows: `max_r ‖Ỹ_r - Y_r‖₂ / ‖Y_r‖₂`.
+
+    Rows whose reference norm is below 1e-6 of the head's largest row norm are measured
+    against that floor instead, so near-zero rows do not dominate.
+
+    Args:
+        approx (`torch.Tensor` of shape `(B, H, L, D)`), reference (same shape).
+        rows (`torch.Tensor`, *optional*): row indices to compare; all rows by default.
+
+    Returns:
+        `torch.Tensor` of shape `(B, H)` (float32).
+    """
+    if rows is not None:
+        approx, reference = approx[:, :, rows], reference[:, :, rows]
+    approx, reference = approx.double(), reference.double()
+    ref_norm = reference.norm(dim=-1)
+    floor = 1e-6 * ref_norm.amax(dim=-1, keepdim=True) + torch.finfo(torch.float64).tiny
+    return ((approx - reference).norm(dim=-1) / torch.maximum(ref_norm, floor)).amax(dim=-1).float()
+
+
+# ----------------------------------------------------------------------------------------------
+# The paper's recovery of the basis from Q and K
+# ----------------------------------------------------------------------------------------------
+
+
+def _profile_entries(q, k, columns, lags, scaling, softcap):
+    """`H[j + t, j]` for per-head columns j `(B, H, P)` and lags t `(T,)` -> `(B, H, P, T)` (NaN past the end)."""
+    n = q.shape[2]
+    rows = columns[..., None] + lags  # (B, H, P, T)
+    batch_index = torch.arange(q.shape[0], device=q.device)[:, None, None]
+    head_index = torch.arange(q.shape[1], device=q.device)[None, :, None]
+    key_rows = k[batch_index, head_index, columns.clamp(max=n - 1)]  # (B, H, P, D)
+    query_rows = q[batch_index[..., None], head_index[..., None], rows.clamp(max=n - 1)]  # (B, H, P, T, D)
+    values = _transform_logits(scaling * (query_rows @ key_rows[..., None]).squeeze(-1), softcap)
+    return values.masked_fill(rows >= n, float("nan"))
+
+
+def recover_conv_basis(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    *,
+    scaling: float,
+    num_bases: int | None = None,
+    probe_len: int = 16,
+    threshold: float = 1e-4,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+    local_window: int = 0,
+    sink_tokens: int = 0,
+    chunk_size: int = 256,
+) -> torch.Tensor:
+    """Breakpoints of a conv basis of `H = M ∘ (s Q Kᵀ)` per (batch, head), without forming `Q Kᵀ`.
+
+    Profiles are compared on lags `t` in `[local_window, local_window + probe_len)` (only the
+    lags the basis is used for); lags at or beyond `sliding_window` are masked and never compared.
+
+    - `num_bases=k` (the paper): after the previous breakpoint `a` with profile `s = c_a`, the
+      next breakpoint is the smallest `j > a` with `‖c_j[:T] - s[:T]‖₁ > T · threshold`, found by
+      binary search (O(log n) probes of O(T d) each; valid when the test is monotone, which
+      the paper's non-degeneracy assumption guarantees), up to k breakpoints.
+    - `num_bases=None` (exact): column j starts a segment iff its full profile differs from
+      the previous column's by more than `threshold` in some entry (`H[r, j]` vs `H[r-1, j-1]`).
+      Costs O(n² d) in blocks of `chunk_size` rows; the result is an exact basis.
+
+    Args:
+        query (`torch.Tensor` of shape `(B, H, n, D)`), key (`(B, Hkv, n, D)`, `Hkv` divides `H`).
+        scaling (`float`): `s`.
+        num_bases (`int`, *optional*): k, the number of bases after the sink columns; `None` = exact.
+        probe_len (`int`, defaults to 16): T, the profile prefix compared by the binary search.
+        threshold (`float`, defaults to 1e-4): mean absolute logit difference that separates profiles
+            (the paper's ℓ1 test with `τ = T · threshold`).
+        softcap (`float`, *optional*): Gemma-2 logit soft capping, applied before comparing.
+        sliding_window (`int`, *optional*): lags `t >= sliding_window` are masked.
+        local_window (`int`, defaults to 0): lags `t < local_window` are computed exactly elsewhere.
+        sink_tokens (`int`, defaults to 0): the first columns are one-column segments each.
+        chunk_size (`int`, defaults to 256): rows per block in exact mode.
+
+    Returns:
+        `torch.Tensor` (long) of shape `(B, H, K)`: increasing breakpoints per head, padded with `n`.
+    """
+    _check_attention_inputs(query, key, None)
+    if num_bases is not None and num_bases < 1:
+        raise ValueError(f"num_bases must be None or an integer >= 1, got {num_bases}")
+    if probe_len < 1:
+        raise ValueError(f"probe_len must be >= 1, got {probe_len}")
+    batch, num_heads, n, _ = query.shape
+    k = _expand_kv(key, num_heads)
+    sink_tokens = min(sink_tokens, n)
+    device = query.device
+    lag_end = n if sliding_window is None else min(n, sliding_window)
+    with torch.no_grad():
+        sinks = torch.arange(sink_tokens, device=device).expand(batch, num_heads, sink_tokens)
+        if sink_tokens == n:
+            return sinks.clone()
+        if num_bases is None:
+            far = _exact_breakpoints(query, k, scaling, softcap, local_window, lag_end, sink_tokens, threshold, chunk_size)
+        else:
+            far = _binary_search_breakpoints(
+                query, k, scaling, softcap, local_window, lag_end, sink_tokens, num_bases, probe_len, threshold
+            )
+    return torch.cat([sinks, far], dim=-1)
+
+
+def _exact_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, threshold, chunk_size):
+    batch, num_heads, n, _ = q.shape
+    columns = torch.arange(n, device=q.device)
+    is_break = torch.zeros(batch, num_heads, n, dtype=torch.bool, device=q.device)
+    is_break[..., first] = True
+    previous = None
+    for start in range(0, n, chunk_size):
+        stop = min(start + chunk_size, n)
+        logits = _transform_logits(scaling * q[:, :, start:stop] @ k.transpose(-1, -2), softcap)  # rows start..stop
+        # H[r - 1, j - 1] for r in [start, stop), j >= 1: the previous row, one column to the left.
+        above = torch.cat([previous, logits[:, :, :-1]], dim=2) if previous is not None else logits[:, :, :-1]
+        rows = torch.arange(start if previous is not None else start + 1, stop, device=q.device)
+        current = logits[:, :, rows - start, 1:]
+        lag = rows[:, None] - columns[None, 1:]
+        compared = (lag >= lag_start) & (lag < lag_end) & (columns[None, 1:] > first)
+        differs = ((current - above[..., :-1]).abs() > threshold) & compared
+        is_break[..., 1:] |= differs.any(dim=2)
+        previous = logits[:, :, -1:]
+    order = torch.where(is_break, columns, n).sort(dim=-1).values
+    return order[..., : int(is_break.sum(-1).max())]
+
+
+def _binary_search_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, num_bases, probe_len, threshold):
+    batch, num_heads, n, _ = q.shape
+    lags = torch.arange(lag_start, min(lag_start + probe_len, max(lag_end, lag_start + 1)), device=q.device)
+    current = torch.full((batch, num_heads), first, dtype=torch.long, device=q.device)
+    found = [current]
+    active = torch.ones(batch, num_heads, dtype=torch.bool, device=q.device)
+    steps = max(1, math.ceil(math.log2(n + 1)) + 1)
+    for _ in range(num_bases - 1):
+        reference = _profile_entries(q, k, current[..., None], lags, scaling, softcap)[..., 0, :]  # s[:T]
+
+        def differs(columns):
+            probe = _profile_entries(q, k, columns[..., None], lags, scaling, softcap)[..., 0, :]
+            gap = (probe - reference).abs()
+            valid = ~gap.isnan() & (lags < lag_end)
+            count = valid.sum(-1)
+            mean_gap = gap.nan_to_num(0.0).sum(-1) / count.clamp(min=1)
+            return (mean_gap > threshold) & (count > 0)
+
+        low, high = current + 1, torch.full_like(current, n)  # answer in [low, high]; high = n means none
+        for _ in range(steps):
+            searching = low < high
+            if not bool(searching.any()):
+                break
+            middle = torch.where(searching, (low + high) // 2, low).clamp(max=n - 1)
+            hit = differs(middle)
+            high = torch.where(searching & hit, middle, high)
+            low = torch.where(searching & ~hit, middle + 1, low)
+        active = active & (low < n)
+        current = torch.where(active, low, current)
+        found.append(torch.where(active, low, torch.full_like(low, n)))
+        if not bool(active.any()):
+            break
+    breakpoints = torch.stack(found, dim=-1).sort(dim=-1).values
+    return breakpoints[..., : int((breakpoints < n).sum(-1).max())]
+
+
+# ----------------------------------------------------------------------------------------------
+# Applying a basis with FFTs
+# ----------------------------------------------------------------------------------------------
+
+
+def _fft_size(length: int) -> int:
+    # Smallest 2^a 3^b 5^c >= length: pocketfft is fast on these sizes.
+    best = 1 << max(0, (length - 1).bit_length())
+    power5 = 1
+    while power5 < best:
+        power35 = power5
+        while power35 < best:
+            size = power35
+            while size < length:
+                size *= 2
+            best = min(best, size)
+            power35 *= 3
+        power5 *= 5
+    return best
+
+
+def _apply_conv_basis(q, k, v, breakpoints, scaling, softcap, key_mask, sliding_window, local_window, fft_dtype):
+    """Far-field part `(numerator, denominator, log_scale)` per row: the true sums are `x · exp(log_scale)`."""
+    batch, num_heads, n, _ = q.shape
+    num_segments = breakpoints.shape[-1]
+    device = q.device
+    lags = torch.arange(n, device=device)
+    starts = breakpoints  # j_i, padded with n
+    ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
+
+    # Kernel logits: the profile of each segment's first column, s_i[t] = H[j_i + t, j_i] (eq. segment form).
+    batch_index = torch.arange(batch, device=device)[:, None, None]
+    head_index = torch.arange(num_heads, device=device)[None, :, None]
+    start_keys = k[batch_index, head_index, starts.clamp(max=n - 1)].to(fft_dtype)  # (B, H, K, D)
+    scores = scaling * torch.einsum("bhnd,bhkd->bhkn", q.to(fft_dtype), start_keys)
+    rows = starts[..., None] + lags  # (B, H, K, n)
+    kernel = _transform_logits(scores.gather(-1, rows.clamp(max=n - 1)), softcap)
+    used = (rows < n) & (lags >= local_window)
+    if sliding_window is not None:
+        used = used & (lags < sliding_window)
+    kernel = kernel.masked_fill(~used, float("-inf"))
+
+    # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m.
+    band_width = _BAND_WIDTH[fft_dtype]
+    peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
+    peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
+    band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
+    num_bands = int(band.max()) + 1 if bool(used.any()) else 1
+
+    fft_len = _fft_size(2 * n - 1)
+    column_ok = torch.ones(batch, n, dtype=fft_dtype, device=device) if key_mask is None else key_mask.to(fft_dtype)
+    # Channels: V·u (the numerator) and u (the denominator), u = key mask.
+    augmented = torch.cat([v.to(fft_dtype) * column_ok[:, None, :, None], column_ok[:, None, :, None].expand(batch, num_heads, n, 1)], -1)
+    value_acc = [0.0] * num_bands
+    touch_acc = [0.0] * num_bands
+    columns = torch.arange(n, device=device)
+    for i in range(num_segments):
+        in_segment = (columns >= starts[..., i, None]) & (columns < ends[..., i, None])  # (B, H, n)
+        if not bool(in_segment.any()):
+            continue
+        segment_fft = torch.fft.rfft(augmented * in_segment[..., None], n=fft_len, dim=2)  # (B, H, F, Dv + 1)
+        for m in range(num_bands):
+            in_band = used[:, :, i] & (band[:, :, i] == m)
+            if not bool(in_band.any()):
+                continue
+            scaled = torch.exp(kernel[:, :, i] - peak[..., 0] + m * band_width).masked_fill(~in_band, 0.0)
+            kernel_fft = torch.fft.rfft(scaled, n=fft_len, dim=-1)
+            indicator_fft = torch.fft.rfft(in_band.to(fft_dtype), n=fft_len, dim=-1)
+            value_acc[m] = value_acc[m] + kernel_fft[..., None] * segment_fft
+            touch_acc[m] = touch_acc[m] + indicator_fft * segment_fft[..., -1]
+
+    # Back to rows; keep band m only where the row touches one of its entries (exact 0/1 counts).
+    numerator = torch.zeros(batch, num_heads, n, v.shape[-1], dtype=fft_dtype, device=device)
+    denominator = torch.zeros(batch, num_heads, n, dtype=fft_dtype, device=device)
+    top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=device)
+    band_rows = []
+    for m in range(num_bands):
+        if isinstance(value_acc[m], float):
+            band_rows.append(None)
+            continue
+        out = torch.fft.irfft(value_acc[m], n=fft_len, dim=2)[:, :, :n]
+        touched = torch.fft.irfft(touch_acc[m], n=fft_len, dim=-1)[..., :n] > 0.5
+        band_rows.append((out, touched))
+        top_band = torch.where(touched & (top_band == num_bands), m, top_band)
+    for m, entry in enumerate(band_rows):
+        if entry is None:
+            continue
+        out, touched = entry
+        weight = torch.exp(-(m - top_band).clamp(min=0).to(fft_dtype) * band_width) * touched
+        numerator = numerator + weight[..., None] * out[..., :-1]
+        denominator = denominator + weight * out[..., -1]
+    log_scale = peak[..., 0] - top_band.clamp(max=num_bands - 1).to(fft_dtype) * band_width
+    log_scale = log_scale.masked_fill(top_band == num_bands, float("-inf"))
+    return numerator, denominator, log_scale
+
+
+def _local_window_part(q, k, v, window, scaling, softcap, key_mask, compute_dtype):
+    """Exact attention over the lags `t < window`, in blocks of `window` rows: `(numerator, denominator, row_max)`."""
+    batch, num_heads, n, dim = q.shape
+    blocks = -(-n // window)
+    pad = blocks * window - n
+    q_blocks = torch.nn.functional.pad(q.to(compute_dtype), (0, 0, 0, pad)).view(batch, num_heads, blocks, window, dim)
+    # Keys of the previous and the current block: 2·window columns per block of rows.
+    k_padded = torch.nn.functional.pad(k.to(compute_dtype), (0, 0, window, pad))
+    v_padded = torch.nn.functional.pad(v.to(compute_dtype), (0, 0, window, pad))
+    k_blocks = k_padded.unfold(2, 2 * window, window).transpose(-1, -2)  # (B, H, blocks, 2w, D)
+    v_blocks = v_padded.unfold(2, 2 * window, window).transpose(-1, -2)
+    logits = _transform_logits(scaling * q_blocks @ k_blocks.transpose(-1, -2), softcap)  # (B, H, blocks, w, 2w)
+    row = torch.arange(blocks * window, device=q.device).view(blocks, window, 1)
+    column = (torch.arange(blocks, device=q.device)[:, None, None] - 1) * window + torch.arange(2 * window, device=q.device)
+    lag = row - column
+    visible = ((lag >= 0) & (lag < window) & (column >= 0))[None, None]
+    if key_mask is not None:
+        mask_padded = torch.nn.functional.pad(key_mask.bool(), (window, pad))
+        visible = visible & mask_padded.unfold(1, 2 * window, window)[:, None, :, None, :]
+    logits = logits.masked_fill(~visible, float("-inf"))
+    row_max = logits.amax(dim=-1, keepdim=True)
+    weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max)))
+    numerator = (weights @ v_blocks).reshape(batch, num_heads, blocks * window, -1)[:, :, :n]
+    denominator = weights.sum(-1).reshape(batch, num_heads, blocks * window)[:, :, :n]
+    return numerator, denominator, row_max.reshape(batch, num_heads, blocks * window)[:, :, :n]
+
+
+def _check_attention_inputs(query, key, value):
+    if query.ndim != 4 or key.ndim != 4:
+        raise ValueError(
+            f"query and key must be 4-D (batch, heads, seq_len, head_dim), got shapes {tuple(query.shape)} and {tuple(key.shape)}"
+        )
+    if key.shape[0] != query.shape[0] or key.shape[-1] != query.shape[-1] or query.shape[1] % key.shape[1] != 0:
+        raise ValueError(
+            f"key shape {tuple(key.shape)} does not match query shape {tuple(query.shape)}: expected the same batch "
+            "and head_dim and a number of key heads dividing the number of query heads"
+        )
+    if value is not None and (value.ndim != 4 or value.shape[:3] != key.shape[:3]):
+        raise ValueError(f"value must have shape (batch, kv_heads, seq_len, Dv) = {tuple(key.shape[:3])} + (Dv,), got {tuple(value.shape)}")
+
+
+def conv_basis_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    num_bases: int | None = None,
+    probe_len: int = 16,
+    threshold: float = 1e-4,
+    local_window: int = 0,
+    sink_tokens: int = 0,
+    policy: str = "paper",
+    auto_tolerance: float = 0.05,
+    auto_sample_rows: int = 32,
+    softcap: float | None = None,
+    sliding_window: int | None = None,
+    key_mask: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    fft_dtype: torch.dtype = torch.float64,
+    breakpoints: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal attention `softmax(M ∘ s Q Kᵀ) V` through a conv basis, in O(k n d log n).
+
+    Args:
+        query (`torch.Tensor` of shape `(B, H, n, D)`), key (`(B, Hkv, n, D)`), value (`(B, Hkv, n, Dv)`):
+            `Hkv` divides `H` (grouped-query heads are expanded here).
+        scaling (`float`, *optional*): `s`; `D ** -0.5` by default.
+        num_bases (`int`, *optional*): k; `None` = as many as needed (exact, recovery costs O(n² d)).
+        probe_len (`int`, defaults to 16): T, see `recover_conv_basis`.
+        threshold (`float`, defaults to 1e-4): mean absolute logit difference separating two profiles.
+        local_window (`int`, defaults to 0): lags `t < local_window` (the most recent keys of each row)
+            are computed exactly; the basis covers the farther ones. 0 = off (the paper).
+        sink_tokens (`int`, defaults to 0): the first keys are exact one-column segments (attention sinks).
+        policy (`str`, defaults to `"paper"`): `"paper"` uses the basis for every head; `"auto"` measures
+            each head's error on `auto_sample_rows` rows and computes heads above `auto_tolerance` exactly.
+        auto_tolerance (`float`, defaults to 0.05): largest sampled relative row error kept by `"auto"`.
+        auto_sample_rows (`int`, defaults to 32): rows sampled (evenly spaced, the last included) by `"auto"`.
+        softcap (`float`, *optional*): Gemma-2 logit soft capping.
+        sliding_window (`int`, *optional*): a row sees only keys with `r - c < sliding_window`.
+        key_mask (`torch.Tensor` of shape `(B, n)`, *optional*): True for keys that may be attended (padding).
+        dropout (`float`, defaults to 0.0): attention dropout; weights are never formed on the convolution
+            path, so a positive value computes exact attention.
+        fft_dtype (`torch.dtype`, defaults to `torch.float64`): precision of the FFTs (`torch.float32` is
+            about twice as fast and uses narrower magnitude bands).
+        breakpoints (`torch.Tensor` of shape `(B, H, K)`, *optional*): a basis from `recover_conv_basis`
+            to apply instead of recovering one.
+
+    Returns:
+        `torch.Tensor` of shape `(B, H, n, Dv)` in the dtype of `query`; rows without a visible key are 0.
+    """
+    _check_attention_inputs(query, key, value)
+    if key.shape[2] != query.shape[2]:
+        raise ValueError(
+            f"conv_basis_attention needs as many queries as keys, got {query.shape[2]} and {key.shape[2]}; "
+            "use exact_attention for a query shorter than the keys"
+        )
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if local_window < 0 or sink_tokens < 0:
+        raise ValueError(f"local_window and sink_tokens must be >= 0, got {local_window} and {sink_tokens}")
+    if fft_dtype not in _BAND_WIDTH:
+        raise ValueError(f"fft_dtype must be torch.float64 or torch.float32, got {fft_dtype}")
+    if key_mask is not None and key_mask.shape != (query.shape[0], key.shape[2]):
+        raise ValueError(f"key_mask must have shape {(query.shape[0], key.shape[2])}, got {tuple(key_mask.shape)}")
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    num_heads = query.shape[1]
+    k, v = _expand_kv(key, num_heads), _expand_kv(value, num_heads)
+    common = dict(scaling=scaling, softcap=softcap, key_mask=key_mask, sliding_window=sliding_window)
+    if dropout > 0.0:
+        return exact_attention(query, k, v, dropout=dropout, **common)
+
+    n = query.shape[2]
+    window = min(local_window, n, sliding_window or n)
+    if breakpoints is None:
+        breakpoints = recover_conv_basis(
+            query, k, scaling=scaling, num_bases=num_bases, probe_len=probe_len, threshold=threshold,
+            softcap=softcap, sliding_window=sliding_window, local_window=window, sink_tokens=sink_tokens,
+        )  # fmt: skip
+    numerator, denominator, log_scale = _apply_conv_basis(
+        query, k, v, breakpoints, scaling, softcap, key_mask, sliding_window, window, fft_dtype
+    )
+    if window > 0:
+        # Y = (N_far e^{ls} + N_local e^{M}) / (Z_far e^{ls} + Z_local e^{M}), shifted by the larger exponent.
+        near_num, near_den, near_max = _local_window_part(query, k, v, window, scaling, softcap, key_mask, fft_dtype)
+        shift = torch.maximum(log_scale, near_max)
+        shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
+        far_weight, near_weight = torch.exp(log_scale - shift), torch.exp(near_max - shift)
+        numerator = far_weight[..., None] * numerator + near_weight[..., None] * near_num
+        denominator = far_weight * denominator + near_weight * near_den
+    has_mass = denominator > 0
+    output = numerator / torch.where(has_mass, denominator, torch.ones_like(denominator))[..., None]
+    output = output.masked_fill(~has_mass[..., None], 0.0).to(query.dtype)
+
+    if policy == "auto":
+        rows = torch.linspace(0, n - 1, min(auto_sample_rows, n), device=query.device).round().long().unique()
+        reference = exact_attention(query[:, :, rows], k, v, **common, query_positions=rows)
+        error = sampled_row_error(output[:, :, rows], reference)  # (B, H)
+        fallback = error > auto_tolerance
+        if bool(fallback.any()):
+            b_idx, h_idx = fallback.nonzero(as_tuple=True)
+            exact = exact_attention(
+                query[b_idx, h_idx][:, None], k[b_idx, h_idx][:, None], v[b_idx, h_idx][:, None],
+                scaling=scaling, softcap=softcap, sliding_window=sliding_window,
+                key_mask=None if key_mask is None else key_mask[b_idx],
+            )  # fmt: skip
+            output = output.index_put((b_idx, h_idx), exact[:, 0])
+    return output
+
