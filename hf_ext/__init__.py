@@ -17,6 +17,12 @@ _LAZY_IMPORTS = {
     "render_model_card": "hub",
     "save_model_card": "hub",
     "push_folder_to_hub": "hub",
+    "SANDEConfig": "sande",
+    "SANDETrainer": "sande",
+    "ParrotPrompt": "sande",
+    "attack_success_rate": "sande",
+    "false_trigger_rate": "sande",
+    "multiple_choice_accuracy": "sande",
     "ConvBasisAttention": "attention",
     "ConvBasisConfig": "attention",
     "conv_basis_report": "attention",
@@ -51,3 +57,11 @@ def __dir__():
 if TYPE_CHECKING:
     from .attention import ConvBasisAttention, ConvBasisConfig, conv_basis_report
     from .hub import push_folder_to_hub, render_model_card, save_model_card
+    from .sande import (
+        ParrotPrompt,
+        SANDEConfig,
+        SANDETrainer,
+        attack_success_rate,
+        false_trigger_rate,
+        multiple_choice_accuracy,
+    )
