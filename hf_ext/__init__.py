@@ -26,6 +26,16 @@ _LAZY_IMPORTS = {
     "ConvBasisAttention": "attention",
     "ConvBasisConfig": "attention",
     "conv_basis_report": "attention",
+    "SyntheticPeople": "pose",
+    "synthetic_pair_dataset": "pose",
+    "PosePairCollator": "pose",
+    "load_patn_pairs": "pose",
+    "pair_dataset": "pose",
+    "render_heatmaps": "pose",
+    "render_skeleton": "pose",
+    "keypoints_from_skeleton": "pose",
+    "estimate_keypoints": "pose",
+    "pose_transfer_metrics": "metrics.image_quality",
 }
 
 __all__ = ["__version__", *_LAZY_IMPORTS]
@@ -57,6 +67,18 @@ def __dir__():
 if TYPE_CHECKING:
     from .attention import ConvBasisAttention, ConvBasisConfig, conv_basis_report
     from .hub import push_folder_to_hub, render_model_card, save_model_card
+    from .metrics.image_quality import pose_transfer_metrics
+    from .pose import (
+        PosePairCollator,
+        SyntheticPeople,
+        estimate_keypoints,
+        keypoints_from_skeleton,
+        load_patn_pairs,
+        pair_dataset,
+        render_heatmaps,
+        render_skeleton,
+        synthetic_pair_dataset,
+    )
     from .sande import (
         ParrotPrompt,
         SANDEConfig,
