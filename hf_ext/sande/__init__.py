@@ -1,5 +1,6 @@
 """SANDE and OSFT backdoor removal for causal LMs (Li et al., AAAI 2025) on top of TRL.
 
+- `backdoor`: `backdoor_trainer`, implanting a backdoor by data poisoning (victim models for research).
 - `data`: rows (poisoned / clean / overwrite / simulation / eliminate) from instruction data.
 - `parrot`: `ParrotPrompt`, the soft trigger spliced into prompts.
 - `config`, `trainer`: `SANDEConfig(SFTConfig)`, `SANDETrainer(SFTTrainer)` with modes osft / simulate /
@@ -7,6 +8,7 @@
 - `evaluation`: attack success rate, false-trigger rate, multiple-choice utility.
 """
 
+from .backdoor import backdoor_trainer
 from .config import SANDE_MODES, SANDEConfig
 from .data import (
     DEFAULT_COMPLETION_TEMPLATE,
@@ -15,6 +17,7 @@ from .data import (
     ROW_KINDS,
     TRIGGER_POSITIONS,
     format_rows,
+    load_instruction_dataset,
     make_backdoor_dataset,
     resolve_columns,
     tokenize_rows,
@@ -42,11 +45,13 @@ __all__ = [
     "SANDEConfig",
     "SANDETrainer",
     "attack_success_rate",
+    "backdoor_trainer",
     "contains_marker",
     "false_trigger_rate",
     "format_multiple_choice",
     "format_rows",
     "generate_continuations",
+    "load_instruction_dataset",
     "make_backdoor_dataset",
     "multiple_choice_accuracy",
     "resolve_columns",

@@ -189,3 +189,37 @@ class SANDEConfig(SFTConfig):
             raise ValueError("dataset_kwargs must keep skip_prepare_dataset=True: SANDETrainer tokenises its own rows")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False: the collator needs the `parrot_position` column")
+
+
+@dataclass
+class InstructionDataArguments:
+    """Where the scripts `trainers/backdoor.py` and `trainers/sande.py` read their data.
+
+    Args:
+        dataset_name (`str`): Hub dataset id, local dataset folder, or json/jsonl/csv/parquet file.
+        dataset_config (`str`, *optional*): dataset configuration name.
+        dataset_train_split (`str`, defaults to `"train"`): split to train on.
+        max_samples (`int`, *optional*): use the first N rows.
+        eval_dataset_name (`str`, *optional*): held-out instruction data for ASR and the clean marker rate.
+        eval_split (`str`, defaults to `"train"`): its split.
+        eval_samples (`int`, defaults to 100): held-out rows evaluated.
+        eval_triggers (`list[str]`, *optional*): the real trigger(s), to build the triggered prompts that
+            ASR is measured on (the removal itself does not use them in `sande`).
+        utility_dataset_name (`str`, *optional*): multiple-choice questions (`question`, `choices`, `answer`).
+        utility_split (`str`, defaults to `"train"`): its split.
+    """
+
+    dataset_name: str = field(default=None, metadata={"help": "Hub dataset id, local folder or data file."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    max_samples: int | None = field(default=None, metadata={"help": "Use the first N rows."})
+    eval_dataset_name: str | None = field(default=None, metadata={"help": "Held-out data for ASR / marker rate."})
+    eval_split: str = field(default="train", metadata={"help": "Split of the held-out data."})
+    eval_samples: int = field(default=100, metadata={"help": "Held-out rows evaluated."})
+    eval_triggers: list[str] | None = field(default=None, metadata={"help": "Trigger(s) for the ASR prompts."})
+    utility_dataset_name: str | None = field(default=None, metadata={"help": "Multiple-choice utility data."})
+    utility_split: str = field(default="train", metadata={"help": "Split of the utility data."})
+
+    def __post_init__(self):
+        if not self.dataset_name:
+            raise ValueError("dataset_name is required: a Hub dataset id, a local dataset folder or a data file")

@@ -418,3 +418,40 @@ def tokenize_rows(
         if len(tokenized) < before:
             logger.warning(f"dropped {before - len(tokenized)} of {before} rows longer than max_length={max_length}")
     return tokenized
+
+
+_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def load_instruction_dataset(name_or_path: str, config: str | None = None, split: str = "train",
+                             max_samples: int | None = None) -> Dataset:
+    """Load instruction data from the Hub, a local dataset folder or a local json/jsonl/csv/parquet file.
+
+    Args:
+        name_or_path (`str`): Hub dataset id, folder, or file.
+        config (`str`, *optional*): dataset configuration name.
+        split (`str`, defaults to `"train"`): split to load.
+        max_samples (`int`, *optional*): keep the first N rows.
+
+    Returns:
+        `datasets.Dataset`.
+    """
+    import os
+
+    from datasets import load_dataset, load_from_disk
+
+    if os.path.isfile(name_or_path):
+        extension = os.path.splitext(name_or_path)[1].lower()
+        if extension not in _FILE_BUILDERS:
+            raise ValueError(f"{name_or_path!r} has extension {extension!r}; expected one of {sorted(_FILE_BUILDERS)}")
+        dataset = load_dataset(_FILE_BUILDERS[extension], data_files={split: name_or_path}, split=split)
+    elif os.path.isfile(os.path.join(name_or_path, "dataset_info.json")) or os.path.isfile(
+        os.path.join(name_or_path, "dataset_dict.json")
+    ):  # written by `save_to_disk`
+        dataset = load_from_disk(name_or_path)
+        dataset = dataset[split] if not isinstance(dataset, Dataset) else dataset
+    else:
+        dataset = load_dataset(name_or_path, config, split=split)
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset

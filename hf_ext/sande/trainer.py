@@ -140,6 +140,7 @@ class SANDETrainer(SFTTrainer):
         self.model_id = model if isinstance(model, str) else getattr(model.config, "_name_or_path", None)
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model, **(args.model_init_kwargs or {}))
+            args = dataclasses.replace(args, model_init_kwargs=None)  # used: the model is loaded
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(self.model_id)
         if processing_class.pad_token is None:
