@@ -384,6 +384,10 @@ def _fft_size(length: int) -> int:
     return best
 
 
+def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(tensor, (0, length - tensor.shape[-1]))
+
+
 def _apply_conv_basis(q, k, v, breakpoints, scaling, softcap, key_mask, sliding_window, local_window, fft_dtype):
     """Far-field part `(numerator, denominator, log_scale)` per row: the true sums are `x · exp(log_scale)`."""
     batch, num_heads, n, _ = q.shape
@@ -414,46 +418,58 @@ def _apply_conv_basis(q, k, v, breakpoints, scaling, softcap, key_mask, sliding_
 
     fft_len = _fft_size(2 * n - 1)
     column_ok = torch.ones(batch, n, dtype=fft_dtype, device=device) if key_mask is None else key_mask.to(fft_dtype)
-    # Channels: V·u (the numerator) and u (the denominator), u = key mask.
-    augmented = torch.cat([v.to(fft_dtype) * column_ok[:, None, :, None], column_ok[:, None, :, None].expand(batch, num_heads, n, 1)], -1)
-    value_acc = [0.0] * num_bands
-    touch_acc = [0.0] * num_bands
+    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator), u = key mask.
+    augmented = torch.cat(
+        [v.to(fft_dtype).transpose(-1, -2) * column_ok[:, None, None, :], column_ok[:, None, None, :].expand(batch, num_heads, 1, n)],
+        dim=2,
+    )  # (B, H, Dv + 1, n)
+    value_acc = [None] * num_bands
+    touch_acc = [None] * num_bands
     columns = torch.arange(n, device=device)
+    # Zero-padding explicitly to the FFT length is much faster than rfft(n=...) on CPU; without autograd
+    # one zeroed buffer is reused for every segment.
+    reuse_buffer = not (torch.is_grad_enabled() and augmented.requires_grad)
+    buffer = augmented.new_zeros(*augmented.shape[:-1], fft_len) if reuse_buffer else None
     for i in range(num_segments):
         in_segment = (columns >= starts[..., i, None]) & (columns < ends[..., i, None])  # (B, H, n)
         if not bool(in_segment.any()):
             continue
-        segment_fft = torch.fft.rfft(augmented * in_segment[..., None], n=fft_len, dim=2)  # (B, H, F, Dv + 1)
+        if reuse_buffer:
+            torch.mul(augmented, in_segment[:, :, None, :], out=buffer[..., :n])
+            segment_fft = torch.fft.rfft(buffer, dim=-1)  # (B, H, Dv + 1, F)
+        else:
+            segment_fft = torch.fft.rfft(_pad_to(augmented * in_segment[:, :, None, :], fft_len), dim=-1)
         for m in range(num_bands):
             in_band = used[:, :, i] & (band[:, :, i] == m)
             if not bool(in_band.any()):
                 continue
             scaled = torch.exp(kernel[:, :, i] - peak[..., 0] + m * band_width).masked_fill(~in_band, 0.0)
-            kernel_fft = torch.fft.rfft(scaled, n=fft_len, dim=-1)
-            indicator_fft = torch.fft.rfft(in_band.to(fft_dtype), n=fft_len, dim=-1)
-            value_acc[m] = value_acc[m] + kernel_fft[..., None] * segment_fft
-            touch_acc[m] = touch_acc[m] + indicator_fft * segment_fft[..., -1]
+            kernel_fft = torch.fft.rfft(_pad_to(scaled, fft_len), dim=-1)[:, :, None, :]
+            indicator_fft = torch.fft.rfft(_pad_to(in_band.to(fft_dtype), fft_len), dim=-1)
+            if value_acc[m] is None:
+                value_acc[m] = kernel_fft * segment_fft
+                touch_acc[m] = indicator_fft * segment_fft[:, :, -1]
+            else:  # frequency-domain sum over segments: one inverse FFT per band
+                value_acc[m].addcmul_(kernel_fft, segment_fft)
+                touch_acc[m].addcmul_(indicator_fft, segment_fft[:, :, -1])
 
     # Back to rows; keep band m only where the row touches one of its entries (exact 0/1 counts).
-    numerator = torch.zeros(batch, num_heads, n, v.shape[-1], dtype=fft_dtype, device=device)
+    numerator = torch.zeros(batch, num_heads, v.shape[-1], n, dtype=fft_dtype, device=device)
     denominator = torch.zeros(batch, num_heads, n, dtype=fft_dtype, device=device)
     top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=device)
     band_rows = []
     for m in range(num_bands):
-        if isinstance(value_acc[m], float):
-            band_rows.append(None)
+        if value_acc[m] is None:
             continue
-        out = torch.fft.irfft(value_acc[m], n=fft_len, dim=2)[:, :, :n]
+        out = torch.fft.irfft(value_acc[m], n=fft_len, dim=-1)[..., :n]  # (B, H, Dv + 1, n)
         touched = torch.fft.irfft(touch_acc[m], n=fft_len, dim=-1)[..., :n] > 0.5
-        band_rows.append((out, touched))
+        band_rows.append((m, out, touched))
         top_band = torch.where(touched & (top_band == num_bands), m, top_band)
-    for m, entry in enumerate(band_rows):
-        if entry is None:
-            continue
-        out, touched = entry
+    for m, out, touched in band_rows:
         weight = torch.exp(-(m - top_band).clamp(min=0).to(fft_dtype) * band_width) * touched
-        numerator = numerator + weight[..., None] * out[..., :-1]
-        denominator = denominator + weight * out[..., -1]
+        numerator = numerator + weight[:, :, None, :] * out[:, :, :-1]
+        denominator = denominator + weight * out[:, :, -1]
+    numerator = numerator.transpose(-1, -2)
     log_scale = peak[..., 0] - top_band.clamp(max=num_bands - 1).to(fft_dtype) * band_width
     log_scale = log_scale.masked_fill(top_band == num_bands, float("-inf"))
     return numerator, denominator, log_scale
