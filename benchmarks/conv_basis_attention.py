@@ -1,0 +1,804 @@
+"""Conv-basis attention against PyTorch SDPA: speed of the attention alone, and accuracy on a trained LM.
+
+    python benchmarks/conv_basis_attention.py                        # full run (about 20 minutes on 2 CPU cores)
+    python benchmarks/conv_basis_attention.py --quick                # n <= 16384 and a briefly trained LM, < 3 minutes
+    hf-ext bench conv_basis --output_dir /tmp/cb --sizes 1024 4096 --num_bases 8 --skip_lm
+
+Part 1 (speed, CPU fp32, attention alone). Inputs whose masked logits have an exact k-conv basis
+(known breakpoints), B=1, H=8, d=64; per sequence length the calls are interleaved: SDPA
+(`scaled_dot_product_attention(is_causal=True)`), conv-basis attention for every k, and the bare
+FFT work a k-segment basis needs (the method's floor). Errors are measured against an fp64 exact
+softmax on sampled rows, independently of both implementations; peak memory is the growth of the
+process's resident set during the call.
+
+Part 2 (accuracy on a real model). A small Llama-style LM is trained on the Python standard
+library's source files (once; cached under `--cache_dir`) and evaluated at 2k and 8k context:
+perplexity, prefill time and attention time under SDPA, the paper's method for several k, an exact
+sliding window alone (no far field), the hybrid (window + conv far field) and the `auto` policy.
+The frontier (perplexity ratio vs attention speedup) is written as a table and a PNG.
+
+Writes `conv_basis.json`, `conv_basis.md` and `conv_basis.png` to `--output_dir`.
+"""
+
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import sys
+import sysconfig
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import (
+    AttentionInterface,
+    AutoModelForCausalLM,
+    HfArgumentParser,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    get_cosine_schedule_with_warmup,
+    set_seed,
+)
+
+import hf_ext  # noqa: F401  (registers the "conv_basis" attention implementation)
+from hf_ext.attention.conv_basis import conv_basis_attention, recover_conv_basis
+from hf_ext.testing import train_tiny_tokenizer
+
+
+FULL_SIZES = [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+QUICK_MAX_LEN = 16384
+
+
+@dataclass
+class ConvBasisBenchmarkArguments:
+    """Arguments of the conv-basis benchmark (`--help` lists them)."""
+
+    output_dir: str = field(default="benchmarks/results", metadata={"help": "Where conv_basis.{json,md,png} go."})
+    quick: bool = field(default=False, metadata={"help": f"n <= {QUICK_MAX_LEN}, a briefly trained LM at 2k only."})
+    sizes: list[int] = field(default_factory=list, metadata={"help": "Sequence lengths (default: 1024 .. 131072)."})
+    num_bases: list[int] = field(default_factory=lambda: [4, 8, 16], metadata={"help": "k values of the speed table."})
+    num_heads: int = field(default=8, metadata={"help": "Heads H of the speed inputs."})
+    head_dim: int = field(default=64, metadata={"help": "Head dimension d of the speed inputs."})
+    long_heads: int = field(default=2, metadata={"help": "Heads used (by both sides) from --long_from on."})
+    long_from: int = field(default=131072, metadata={"help": "Sequence length from which --long_heads applies."})
+    sdpa_max_len: int = field(default=131072, metadata={"help": "Longest sequence SDPA is run on."})
+    hybrid_window: int = field(default=256, metadata={"help": "Local window of the extra hybrid speed rows (k=8); 0: none."})
+    logit_std: float = field(default=2.0, metadata={"help": "Standard deviation of the synthetic k-conv logits."})
+    repeats: int = field(default=3, metadata={"help": "Timed repetitions up to n=16384 (2 at 32768, 1 beyond)."})
+    seed: int = field(default=0, metadata={"help": "Seed of inputs, corpus split and LM training."})
+    skip_lm: bool = field(default=False, metadata={"help": "Skip the trained-LM study."})
+    cache_dir: str = field(default="benchmarks/.cache", metadata={"help": "Where the trained LM is cached."})
+    lm_train_steps: int = field(default=60, metadata={"help": "Optimizer steps of the LM (quick: 25)."})
+    lm_tokens_per_step: int = field(default=8192, metadata={"help": "Tokens per optimizer step (quick: 2048)."})
+    lm_train_lengths: list[int] = field(
+        default_factory=lambda: [1024, 2048, 8192],
+        metadata={"help": "Training sequence lengths, cycled over steps (quick: 512 1024)."},
+    )
+    lm_files: int = field(default=0, metadata={"help": "Use only this many stdlib files (0: all; quick: 80)."})
+    lm_contexts: list[int] = field(default_factory=lambda: [2048, 8192], metadata={"help": "Evaluation contexts (quick: 2048)."})
+    lm_eval_tokens: int = field(default=16384, metadata={"help": "Evaluated tokens per context (quick: 4096)."})
+    paper_num_bases: list[int] = field(default_factory=lambda: [4, 16, 64], metadata={"help": "k of the paper's method."})
+    sliding_windows: list[int] = field(
+        default_factory=lambda: [64, 128, 256, 512, 1024], metadata={"help": "w of the sliding-window-only baseline."}
+    )
+    hybrids: list[str] = field(
+        default_factory=lambda: ["128:8", "256:8", "256:16", "512:8"],
+        metadata={"help": "Hybrid settings as WINDOW:K (exact window + k-basis far field)."},
+    )
+    auto_tolerances: list[float] = field(default_factory=lambda: [0.05, 0.2], metadata={"help": "`auto` tolerances."})
+    auto_window: int = field(default=256, metadata={"help": "Local window used with the `auto` policy (0: none)."})
+
+    def __post_init__(self):
+        if self.quick:
+            self.sizes = [n for n in (self.sizes or FULL_SIZES) if n <= QUICK_MAX_LEN]
+            defaults = ConvBasisBenchmarkArguments()
+            quick_values = dict(
+                lm_train_steps=25, lm_tokens_per_step=2048, lm_train_lengths=[512, 1024], lm_files=80,
+                lm_contexts=[2048], lm_eval_tokens=4096, paper_num_bases=[8], sliding_windows=[64, 256],
+                hybrids=["256:8"], auto_tolerances=[0.2],
+            )  # fmt: skip
+            for name, value in quick_values.items():
+                if getattr(self, name) == getattr(defaults, name):  # only what the user did not set
+                    setattr(self, name, value)
+        self.sizes = self.sizes or list(FULL_SIZES)
+        for name in ("sizes", "num_bases", "paper_num_bases", "lm_contexts", "lm_train_lengths"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"--{name} must be a non-empty list of positive integers, got {values}")
+        if any(w < 1 for w in self.sliding_windows):
+            raise ValueError(f"--sliding_windows must be positive, got {self.sliding_windows}")
+        for entry in self.hybrids:
+            if not re.fullmatch(r"\d+:\d+", entry) or min(int(x) for x in entry.split(":")) < 1:
+                raise ValueError(f"--hybrids entries must look like WINDOW:K with positive integers, got {entry!r}")
+        if self.head_dim % 2:
+            raise ValueError(f"--head_dim must be even (the k-conv inputs use cos/sin pairs), got {self.head_dim}")
+        if self.lm_tokens_per_step < max(self.lm_train_lengths):
+            raise ValueError(
+                f"--lm_tokens_per_step={self.lm_tokens_per_step} must be >= the longest training length {max(self.lm_train_lengths)}"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Measuring: wall time and peak resident memory of one call
+# ----------------------------------------------------------------------------------------------
+
+
+def _status_mb(key: str) -> float | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{key}:\s+(\d+) kB", text, re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def _reset_peak_rss() -> bool:
+    # Writing 5 to clear_refs resets VmHWM (Linux >= 4.0), so the peak of one call can be read.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _measure(fn, with_memory: bool):
+    """Run `fn()` once: `(output, seconds, peak_mb)`; `peak_mb` is the resident-set growth (None if unavailable)."""
+    can_measure = with_memory and _reset_peak_rss()
+    before = _status_mb("VmRSS") if can_measure else None
+    start = time.perf_counter()
+    output = fn()
+    seconds = time.perf_counter() - start
+    peak = _status_mb("VmHWM") if can_measure else None
+    return output, seconds, (None if before is None or peak is None else round(peak - before, 1))
+
+
+def _machine_load() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# Part 1: speed of the attention alone
+# ----------------------------------------------------------------------------------------------
+
+
+def k_conv_inputs(n, num_heads, head_dim, num_bases, logit_std, seed):
+    """Query, key, value (fp32, `(1, H, n, d)`) whose masked logits `s Q Kᵀ` have an exact k-conv basis.
+
+    With `q_r = (cos ω_f r, sin ω_f r)_f` and `k_c = (α_f cos ω_f c, α_f sin ω_f c)_f / s`, the logit
+    `s q_r·k_c = Σ_f α_f cos(ω_f (r - c))` depends on `r - c` only: a Toeplitz block. Columns of
+    segment i get their own amplitudes `α^(i)`, so segment i has its own profile `s_i` and the
+    segments start at the returned breakpoints (the same for every head, amplitudes differ per head).
+
+    Returns:
+        `(query, key, value, breakpoints)`; `breakpoints` is a long tensor `(k,)` starting with 0.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    num_freqs = head_dim // 2
+    scaling = head_dim**-0.5
+    # Interior breakpoints spread over the sequence with jitter, at least a probe length apart.
+    spacing = n / num_bases
+    jitter = (torch.rand(num_bases - 1, generator=generator, dtype=torch.float64) - 0.5) * spacing / 2
+    interior = (torch.arange(1, num_bases, dtype=torch.float64) * spacing + jitter).round().long()
+    breakpoints = torch.cat([torch.zeros(1, dtype=torch.long), interior])
+    # RoPE-like frequencies; amplitudes give each logit profile a standard deviation of about logit_std.
+    freqs = 10000.0 ** (-torch.arange(num_freqs, dtype=torch.float64) / num_freqs)
+    angles = torch.arange(n, dtype=torch.float64)[:, None] * freqs  # (n, F)
+    rotation = torch.cat([angles.cos(), angles.sin()], dim=-1)  # (n, d)
+    amplitudes = torch.randn(num_heads, num_bases, num_freqs, generator=generator, dtype=torch.float64)
+    amplitudes = amplitudes * logit_std * math.sqrt(2.0 / num_freqs)
+    segment = torch.searchsorted(breakpoints, torch.arange(n), right=True) - 1  # segment of each column
+    column_amplitudes = amplitudes[:, segment].repeat(1, 1, 2)  # (H, n, d)
+    query = rotation.expand(num_heads, n, head_dim)
+    key = column_amplitudes * rotation / scaling
+    value = torch.randn(num_heads, n, head_dim, generator=generator, dtype=torch.float64)
+    return query[None].float().contiguous(), key[None].float(), value[None].float(), breakpoints
+
+
+def gaussian_inputs(n, num_heads, head_dim, seed):
+    """Standard normal query, key, value `(1, H, n, d)`: logits of standard deviation 1, no conv structure."""
+    generator = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(1, num_heads, n, head_dim, generator=generator) for _ in range(3))
+
+
+def sample_rows(n, breakpoints, count=256, seed=0):
+    """Rows at which the exact reference is computed: the first and last rows, rows around breakpoints, random rows."""
+    generator = torch.Generator().manual_seed(seed)
+    near_breaks = (breakpoints[:, None] + torch.tensor([-1, 0, 1, 2])).flatten()
+    fixed = torch.cat([torch.arange(8), torch.arange(n - 8, n), near_breaks]).clamp(0, n - 1)
+    random = torch.randint(0, n, (max(0, count - fixed.numel()),), generator=generator)
+    return torch.cat([fixed, random]).unique()
+
+
+def exact_rows_fp64(query, key, value, rows, scaling, chunk=16):
+    """fp64 `softmax(s q_r K[:r+1]ᵀ) V[:r+1]` for the given rows: `(B, H, len(rows), d)`."""
+    q, k, v = query.double(), key.double(), value.double()
+    columns = torch.arange(k.shape[2])
+    outputs = []
+    for start in range(0, rows.numel(), chunk):
+        block = rows[start : start + chunk]
+        logits = scaling * q[:, :, block] @ k.transpose(-1, -2)
+        logits = logits.masked_fill(columns[None, :] > block[:, None], float("-inf"))
+        outputs.append(torch.softmax(logits, dim=-1) @ v)
+    return torch.cat(outputs, dim=2)
+
+
+def max_row_error(output, reference, rows):
+    """Largest relative row error `‖ŷ_r - y_r‖₂ / ‖y_r‖₂` over the sampled rows and all heads."""
+    approx = output[:, :, rows].double()
+    return float(((approx - reference).norm(dim=-1) / reference.norm(dim=-1)).max())
+
+
+def _fast_fft_len(length: int) -> int:
+    # Smallest 2^a, 3·2^a or 5·2^a >= length (pocketfft's fastest sizes).
+    return min(factor << max(0, math.ceil(math.log2(length / factor))) for factor in (1, 3, 5))
+
+
+def fft_floor(value, kernels, breakpoints, fft_dtype):
+    """The bare FFT work of applying a k-segment basis: per segment, forward rFFTs of the kernel and of
+    the segment's value columns (plus the ones column of the denominator), the product, the inverse rFFT.
+
+    Each segment's transform covers only the rows it reaches (length m_i + L_i - 1, rounded up to a
+    fast size), heads batched, channels last-dimension contiguous; no recovery, no normalisation.
+
+    Args:
+        value (`(1, H, n, d)`), kernels (`(H, k, n)`: `exp(s_i)` of each segment), breakpoints (`(k,)`).
+    """
+    _, num_heads, n, _ = value.shape
+    channels = torch.cat([value[0], torch.ones(num_heads, n, 1)], dim=-1).transpose(1, 2).to(fft_dtype)  # (H, d+1, n)
+    kernels = kernels.to(fft_dtype)
+    ends = torch.cat([breakpoints[1:], torch.tensor([n])]).tolist()
+    output = torch.zeros_like(channels)
+    for i, (start, end) in enumerate(zip(breakpoints.tolist(), ends)):
+        reach = n - start  # m_i: rows from the segment's first column to the end
+        size = _fast_fft_len(reach + (end - start) - 1)
+        spectrum = torch.fft.rfft(channels[..., start:end], n=size) * torch.fft.rfft(kernels[:, i, None, :reach], n=size)
+        output[..., start:] += torch.fft.irfft(spectrum, n=size)[..., :reach]
+    return output
+
+
+def _segment_kernels(query, key, breakpoints, scaling):
+    """`exp(s_i - max)` per head and segment from the breakpoint keys `(H, k, n)` (the floor's inputs, untimed)."""
+    n = query.shape[2]
+    lags = torch.arange(n)
+    rows = (breakpoints[:, None] + lags).clamp(max=n - 1)  # (k, n)
+    scores = scaling * torch.einsum("hnd,hkd->hkn", query[0].double(), key[0, :, breakpoints].double())
+    profiles = scores.gather(-1, rows.expand(query.shape[1], -1, -1))
+    profiles = profiles.masked_fill((breakpoints[:, None] + lags) >= n, float("-inf"))
+    return torch.exp(profiles - profiles.amax(dim=(-1, -2), keepdim=True))
+
+
+def _repeats_for(n: int, repeats: int) -> int:
+    return repeats if n <= 16384 else (min(2, repeats) if n <= 32768 else 1)
+
+
+def run_speed(args: ConvBasisBenchmarkArguments) -> list[dict]:
+    """The speed table: one row per (n, k, local_window, input_kind)."""
+    rows = []
+    fft_dtype = torch.float64  # the implementation's default FFT precision
+    configs = [(n, k, 0, "k_conv") for n in args.sizes for k in args.num_bases]
+    if args.hybrid_window and 8 in args.num_bases:
+        configs += [(n, 8, args.hybrid_window, "k_conv") for n in args.sizes if n > 2 * args.hybrid_window]
+    if 8 in args.num_bases:
+        configs += [(n, 8, 0, "gaussian") for n in args.sizes if n <= 8192]
+    # Warm up both sides (thread pools, FFT plans) on a small input.
+    q, k, v, _ = k_conv_inputs(1024, 2, args.head_dim, 4, args.logit_std, args.seed)
+    F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    conv_basis_attention(q, k, v, num_bases=4)
+
+    with torch.inference_mode():
+        for n in tqdm(args.sizes, desc="speed: sequence lengths"):
+            heads = args.long_heads if n >= args.long_from else args.num_heads
+            scaling = args.head_dim**-0.5
+            cases = []
+            for n_, num_bases, window, kind in configs:
+                if n_ != n:
+                    continue
+                seed = args.seed + n + num_bases
+                if kind == "k_conv":
+                    query, key, value, breakpoints = k_conv_inputs(n, heads, args.head_dim, num_bases, args.logit_std, seed)
+                else:
+                    (query, key, value), breakpoints = gaussian_inputs(n, heads, args.head_dim, seed), None
+                cases.append(dict(num_bases=num_bases, local_window=window, kind=kind, inputs=(query, key, value), breaks=breakpoints))
+            # SDPA's cost does not depend on the values: one SDPA call per repetition, on the first case's inputs.
+            run_sdpa = n <= args.sdpa_max_len
+            sdpa_times, conv_times, floor_times = [], {i: [] for i in range(len(cases))}, {i: [] for i in range(len(cases))}
+            sdpa_output, sdpa_peak, conv_outputs, conv_peaks = None, None, {}, {}
+            floor_inputs = {
+                i: _segment_kernels(c["inputs"][0], c["inputs"][1], c["breaks"], scaling)
+                for i, c in enumerate(cases)
+                if c["kind"] == "k_conv" and c["local_window"] == 0
+            }
+            for repeat in range(_repeats_for(n, args.repeats)):
+                first = repeat == 0
+                if run_sdpa:
+                    query, key, value = cases[0]["inputs"]
+                    out, seconds, peak = _measure(
+                        lambda: F.scaled_dot_product_attention(query, key, value, is_causal=True), first
+                    )
+                    sdpa_times.append(seconds)
+                    if first:
+                        sdpa_output, sdpa_peak = out, peak
+                for i, case in enumerate(cases):
+                    query, key, value = case["inputs"]
+                    out, seconds, peak = _measure(
+                        lambda: conv_basis_attention(
+                            query, key, value, num_bases=case["num_bases"], local_window=case["local_window"]
+                        ),
+                        first,
+                    )
+                    conv_times[i].append(seconds)
+                    if first:
+                        conv_outputs[i], conv_peaks[i] = out, peak
+                    if i in floor_inputs:
+                        _, seconds, _ = _measure(lambda: fft_floor(value, floor_inputs[i], case["breaks"], fft_dtype), False)
+                        floor_times[i].append(seconds)
+            for i, case in enumerate(cases):
+                query, key, value = case["inputs"]
+                breaks = case["breaks"] if case["breaks"] is not None else torch.zeros(1, dtype=torch.long)
+                sampled = sample_rows(n, breaks, seed=args.seed)
+                reference = exact_rows_fp64(query, key, value, sampled, scaling)
+                recovered = None
+                if case["kind"] == "k_conv":
+                    found = recover_conv_basis(
+                        query, key, scaling=scaling, num_bases=case["num_bases"], local_window=case["local_window"]
+                    )
+                    recovered = bool((found == case["breaks"]).all()) if found.shape[-1] == case["breaks"].numel() else False
+                sdpa_seconds = statistics.median(sdpa_times) if sdpa_times else None
+                conv_seconds = statistics.median(conv_times[i])
+                floor_seconds = statistics.median(floor_times[i]) if floor_times[i] else None
+                sdpa_error = None
+                if sdpa_output is not None and i == 0:
+                    sdpa_error = max_row_error(sdpa_output, reference, sampled)
+                rows.append(
+                    dict(
+                        n=n,
+                        num_bases=case["num_bases"],
+                        local_window=case["local_window"],
+                        input_kind=case["kind"],
+                        num_heads=heads,
+                        head_dim=args.head_dim,
+                        sdpa_seconds=_round(sdpa_seconds),
+                        conv_basis_seconds=_round(conv_seconds),
+                        speedup=_round(sdpa_seconds / conv_seconds if sdpa_seconds else None, 3),
+                        fft_floor_seconds=_round(floor_seconds),
+                        floor_ratio=_round(conv_seconds / floor_seconds if floor_seconds else None, 3),
+                        max_rel_error=float(f"{max_row_error(conv_outputs[i], reference, sampled):.3e}"),
+                        sdpa_max_rel_error=None if sdpa_error is None else float(f"{sdpa_error:.3e}"),
+                        breakpoints_recovered=recovered,
+                        peak_mem_mb=conv_peaks[i],
+                        sdpa_peak_mem_mb=sdpa_peak if i == 0 else None,
+                        repeats=len(conv_times[i]),
+                    )
+                )
+            del cases, conv_outputs, sdpa_output, floor_inputs
+    return rows
+
+
+def _round(value, digits=5):
+    return None if value is None else round(float(value), digits)
+
+
+# ----------------------------------------------------------------------------------------------
+# Part 2: a small LM trained on the Python standard library, evaluated under each setting
+# ----------------------------------------------------------------------------------------------
+
+
+def stdlib_sources(limit: int = 0) -> tuple[list[str], list[str]]:
+    """Source texts of the standard library (tests excluded), split by file: every 10th file is held out."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "dist-packages", "test", "tests", "idlelib", "__pycache__"}
+    files = sorted(p for p in root.rglob("*.py") if not skip & set(p.relative_to(root).parts))
+    if not files:
+        raise RuntimeError(f"no Python source files found under the standard library folder {root}")
+    if limit:
+        files = files[:: max(1, len(files) // limit)][:limit]
+    texts = [p.read_text(encoding="utf-8", errors="replace") for p in files]
+    train = [t for i, t in enumerate(texts) if i % 10 != 9]
+    held_out = [t for i, t in enumerate(texts) if i % 10 == 9]
+    return train, held_out
+
+
+def _token_stream(tokenizer, texts) -> torch.Tensor:
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return torch.tensor([token for document in ids for token in [*document, tokenizer.eos_token_id]])
+
+
+def _lm_settings(args):
+    return dict(
+        seed=args.seed,
+        files=args.lm_files,
+        steps=args.lm_train_steps,
+        tokens_per_step=args.lm_tokens_per_step,
+        train_lengths=args.lm_train_lengths,
+        max_position_embeddings=max(args.lm_contexts + args.lm_train_lengths),
+        vocab_size=2048,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        head_dim=64,
+        intermediate_size=384,
+        learning_rate=2e-3,
+        python=platform.python_version(),
+    )
+
+
+def train_or_load_lm(args) -> tuple[Path, dict]:
+    """Train the study's LM once per settings (cached with `save_pretrained`) and return its folder and training log."""
+    settings = _lm_settings(args)
+    key = "-".join(str(settings[name]) for name in ("steps", "tokens_per_step", "files", "seed"))
+    folder = Path(args.cache_dir) / f"conv_basis_lm-{key}"
+    log_file = folder / "benchmark_training.json"
+    if log_file.is_file():
+        log = json.loads(log_file.read_text())
+        if log.get("settings") == settings:
+            return folder, log
+    set_seed(args.seed)
+    train_texts, _ = stdlib_sources(args.lm_files)
+    tokenizer = train_tiny_tokenizer(train_texts[::4], vocab_size=settings["vocab_size"])
+    stream = _token_stream(tokenizer, train_texts)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings["hidden_size"],
+        intermediate_size=settings["intermediate_size"],
+        num_hidden_layers=settings["num_hidden_layers"],
+        num_attention_heads=settings["num_attention_heads"],
+        num_key_value_heads=settings["num_attention_heads"],
+        head_dim=settings["head_dim"],
+        max_position_embeddings=settings["max_position_embeddings"],
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"], betas=(0.9, 0.95), weight_decay=0.1)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, max(1, args.lm_train_steps // 10), args.lm_train_steps)
+    generator = torch.Generator().manual_seed(args.seed)
+    losses, start = [], time.perf_counter()
+    progress = tqdm(range(args.lm_train_steps), desc="training the study LM on stdlib sources")
+    for step in progress:
+        length = args.lm_train_lengths[step % len(args.lm_train_lengths)]
+        batch_size = args.lm_tokens_per_step // length
+        offsets = torch.randint(0, stream.numel() - length - 1, (batch_size,), generator=generator)
+        batch = torch.stack([stream[o : o + length] for o in offsets.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    log = dict(
+        settings=settings,
+        train_tokens=int(stream.numel()),
+        seconds=round(time.perf_counter() - start, 1),
+        final_loss=round(statistics.mean(losses[-5:]), 4),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
+    log_file.write_text(json.dumps(log, indent=2))
+    return folder, log
+
+
+@contextmanager
+def _timed_attention(name: str):
+    """Sum the wall time of every call to the registered attention function `name` (restored on exit)."""
+    original = AttentionInterface()[name]
+    total = [0.0]
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        result = original(*args, **kwargs)
+        total[0] += time.perf_counter() - start
+        return result
+
+    AttentionInterface.register(name, timed)
+    try:
+        yield total
+    finally:
+        AttentionInterface.register(name, original)
+
+
+def study_settings(args) -> list[tuple[str, str, dict | None]]:
+    """`(setting, family, conv_basis dict or None for SDPA)` of the accuracy study."""
+    settings = [("sdpa", "sdpa", None)]
+    settings += [(f"paper k={k}", "paper", dict(num_bases=k)) for k in args.paper_num_bases]
+    # Far field off: a sliding window as wide as the exact local window masks every farther column.
+    settings += [(f"window w={w}", "sliding", dict(local_window=w, sliding_window=w)) for w in args.sliding_windows]
+    for entry in args.hybrids:
+        window, k = (int(x) for x in entry.split(":"))
+        settings.append((f"hybrid w={window} k={k}", "hybrid", dict(num_bases=k, local_window=window)))
+    for tolerance in args.auto_tolerances:
+        name = f"auto tol={tolerance:g}" + (f" w={args.auto_window}" if args.auto_window else "")
+        settings.append((name, "auto", dict(policy="auto", auto_tolerance=tolerance, local_window=args.auto_window)))
+    return settings
+
+
+def run_lm_study(args) -> dict:
+    """Perplexity, prefill time and attention time of every setting at every context, interleaved per window."""
+    folder, training = train_or_load_lm(args)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    _, held_out = stdlib_sources(args.lm_files)
+    stream = _token_stream(tokenizer, held_out)
+    settings = study_settings(args)
+    model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    results = []
+    for context in args.lm_contexts:
+        windows = max(1, min(args.lm_eval_tokens // context, (stream.numel() - 1) // context))
+        totals = {name: dict(nll=0.0, tokens=0, prefill=0.0, attention=0.0) for name, _, _ in settings}
+        for w in tqdm(range(windows), desc=f"LM study at context {context}"):
+            input_ids = stream[w * context : (w + 1) * context][None]
+            for name, _, conv_settings in settings:
+                implementation = "sdpa" if conv_settings is None else "conv_basis"
+                model.config.conv_basis = conv_settings
+                model.set_attn_implementation(implementation)
+                with torch.inference_mode(), _timed_attention(implementation) as attention_seconds:
+                    start = time.perf_counter()
+                    logits = model(input_ids=input_ids).logits
+                    prefill = time.perf_counter() - start
+                nll = F.cross_entropy(logits[0, :-1].float(), input_ids[0, 1:], reduction="sum")
+                entry = totals[name]
+                entry["nll"] += float(nll)
+                entry["tokens"] += context - 1
+                entry["prefill"] += prefill
+                entry["attention"] += attention_seconds[0]
+        reference = totals["sdpa"]
+        reference_ppl = math.exp(reference["nll"] / reference["tokens"])
+        for name, family, conv_settings in settings:
+            entry = totals[name]
+            perplexity = math.exp(entry["nll"] / entry["tokens"])
+            results.append(
+                dict(
+                    setting=name,
+                    family=family,
+                    conv_basis=conv_settings,
+                    context=context,
+                    windows=windows,
+                    perplexity=round(perplexity, 4),
+                    perplexity_ratio=round(perplexity / reference_ppl, 4),
+                    prefill_seconds=round(entry["prefill"] / windows, 4),
+                    attention_seconds=round(entry["attention"] / windows, 4),
+                    attention_speedup=round(reference["attention"] / entry["attention"], 3),
+                )
+            )
+    return dict(model_folder=str(folder), training=training, results=results)
+
+
+def compare_to_sliding(results: list[dict]) -> list[dict]:
+    """For each hybrid/auto setting: the sliding-window-only perplexity ratio at the same attention speedup.
+
+    The sliding curve is interpolated linearly in log(speedup) between the measured windows; a setting
+    slower or faster than every measured window is not comparable (a wider or narrower window would be needed).
+    """
+    verdicts = []
+    for context in sorted({r["context"] for r in results}):
+        sliding = sorted(
+            ((r["attention_speedup"], r["perplexity_ratio"]) for r in results if r["context"] == context and r["family"] == "sliding")
+        )
+        for r in results:
+            if r["context"] != context or r["family"] not in ("hybrid", "auto", "paper"):
+                continue
+            baseline = None
+            speed = r["attention_speedup"]
+            for (s0, p0), (s1, p1) in zip(sliding, sliding[1:]):
+                if s0 <= speed <= s1:
+                    t = 0.0 if s1 == s0 else (math.log(speed) - math.log(s0)) / (math.log(s1) - math.log(s0))
+                    baseline = p0 + t * (p1 - p0)
+            verdicts.append(
+                dict(
+                    setting=r["setting"],
+                    context=context,
+                    attention_speedup=speed,
+                    perplexity_ratio=r["perplexity_ratio"],
+                    sliding_ratio_at_equal_time=None if baseline is None else round(baseline, 4),
+                    beats_sliding=None if baseline is None else r["perplexity_ratio"] < baseline,
+                )
+            )
+    return verdicts
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def check_targets(rows: list[dict], verdicts: list[dict]) -> dict:
+    """The issue's targets, evaluated on the measured rows (None where the run did not measure it)."""
+    plain = {r["n"]: r for r in rows if r["num_bases"] == 8 and r["local_window"] == 0 and r["input_kind"] == "k_conv"}
+
+    def speedup_at(n):
+        return plain[n]["speedup"] if n in plain and plain[n]["speedup"] is not None else None
+
+    break_even = min((n for n, r in plain.items() if r["speedup"] and r["speedup"] >= 1.0), default=None)
+    floor_ratios = [r["floor_ratio"] for r in plain.values() if r["floor_ratio"] is not None]
+    memory = sorted((n, r["peak_mem_mb"]) for n, r in plain.items() if r["peak_mem_mb"])
+    k_conv_errors = [r["max_rel_error"] for r in rows if r["input_kind"] == "k_conv"]
+    targets = {
+        "speedup_32768_ge_10": None if speedup_at(32768) is None else speedup_at(32768) >= 10,
+        "speedup_65536_ge_25": None if speedup_at(65536) is None else speedup_at(65536) >= 25,
+        "break_even_n": break_even,
+        "break_even_le_4096": None if break_even is None else break_even <= 4096,
+        "max_floor_ratio": max(floor_ratios) if floor_ratios else None,
+        "within_1_5x_of_floor": None if not floor_ratios else max(floor_ratios) <= 1.5,
+        # Memory per token at the longest n over the same at the shortest: ~1 when memory is linear in n.
+        "memory_per_token_growth": None
+        if len(memory) < 2
+        else round((memory[-1][1] / memory[-1][0]) / (memory[0][1] / memory[0][0]), 3),
+        "max_k_conv_error": max(k_conv_errors) if k_conv_errors else None,
+        "k_conv_error_le_1e-4": None if not k_conv_errors else max(k_conv_errors) <= 1e-4,
+        "conv_setting_beats_sliding": None
+        if not verdicts
+        else any(v["beats_sliding"] for v in verdicts if v["setting"].split()[0] in ("hybrid", "auto")),
+    }
+    return targets
+
+
+def plot_frontier(results: list[dict], path: Path) -> None:
+    """Perplexity ratio vs attention speedup, one panel per context, one marker per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contexts = sorted({r["context"] for r in results})
+    figure, axes = plt.subplots(1, len(contexts), figsize=(6 * len(contexts), 4.5), squeeze=False)
+    styles = {"sdpa": "k*", "paper": "rs", "sliding": "bo-", "hybrid": "g^", "auto": "mD"}
+    for axis, context in zip(axes[0], contexts):
+        for family, style in styles.items():
+            points = sorted((r["attention_speedup"], r["perplexity_ratio"], r["setting"]) for r in results if r["context"] == context and r["family"] == family)
+            if not points:
+                continue
+            axis.plot([p[0] for p in points], [p[1] for p in points], style, label=family, markersize=7)
+            for x, y, label in points:
+                axis.annotate(label.split(" ", 1)[-1] if family != "sdpa" else "", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("attention speedup over SDPA (x)")
+        axis.set_ylabel("perplexity / SDPA perplexity")
+        axis.set_title(f"context {context}")
+        axis.legend(fontsize=8)
+    figure.suptitle("Conv-basis attention on a small Llama trained on stdlib sources: accuracy vs speed")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _table(records: list[dict], columns: list[str]) -> str:
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in records]
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict, path: Path) -> None:
+    meta, targets = report["meta"], report["targets"]
+    parts = [
+        "# Conv-basis attention benchmark",
+        "",
+        f"Command: `{meta['command']}`. torch {meta['torch']}, {meta['threads']} threads, {meta['platform']}.",
+        f"Machine load (1/5/15-min load average on {meta['cpus']} CPUs): before {meta['load_before']}, after {meta['load_after']}; "
+        f"total time {meta['seconds']:.0f} s. Timings are medians of interleaved repetitions (SDPA, then each setting) "
+        "on the same inputs; the machine was shared, so ratios are more reliable than absolute times.",
+        "",
+        "## Speed: attention alone, CPU fp32, B=1, d=64",
+        "",
+        "Inputs: `k_conv` = query/key whose masked logits have an exact k-conv basis (logit std "
+        f"{meta['logit_std']}, known breakpoints; `breakpoints_recovered` says whether the paper's recovery found them); "
+        "`gaussian` = standard normal query/key/value (no conv structure; the error shows what k bases cost there). "
+        "`max_rel_error`: largest relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows "
+        "(first/last rows, rows at breakpoints, random rows). `fft_floor_seconds`: the bare FFT work of a k-segment basis "
+        "(per segment rFFT of its value columns and kernel over the rows it reaches, product, inverse rFFT; fp64 like the "
+        "implementation's default). `peak_mem_mb`: resident-set growth during one call. SDPA is timed once per repetition "
+        "per n (its cost does not depend on the values) and shown on every row of that n.",
+        "",
+        _table(
+            report["rows"],
+            ["n", "num_bases", "local_window", "input_kind", "num_heads", "sdpa_seconds", "conv_basis_seconds", "speedup",
+             "fft_floor_seconds", "floor_ratio", "max_rel_error", "sdpa_max_rel_error", "breakpoints_recovered",
+             "peak_mem_mb", "sdpa_peak_mem_mb"],
+        ),  # fmt: skip
+        "",
+        "## Targets (k=8, d=64, fp32)",
+        "",
+        _table([{"target": k, "measured": v} for k, v in targets.items()], ["target", "measured"]),
+        "",
+    ]
+    lm = report.get("lm")
+    if lm:
+        training = lm["training"]
+        s = training["settings"]
+        parts += [
+            "## Accuracy on a trained LM",
+            "",
+            f"Model: Llama, {s['num_hidden_layers']} layers, hidden {s['hidden_size']}, {s['num_attention_heads']} heads of "
+            f"dimension {s['head_dim']}, vocabulary {s['vocab_size']} (byte-level BPE), {training['parameters']:,} parameters; "
+            f"trained {s['steps']} steps x {s['tokens_per_step']} tokens (lengths {s['train_lengths']}) on the Python "
+            f"{s['python']} standard library's sources (tests excluded; {training['train_tokens']:,} training tokens; "
+            f"final loss {training['final_loss']}, {training['seconds']} s). Evaluated on held-out files (every 10th file). "
+            "Sliding window = the implementation's exact local window with the far field masked "
+            "(`local_window=w, sliding_window=w`). Attention time = wall time inside the attention function over all layers.",
+            "",
+            _table(lm["results"], ["context", "setting", "perplexity", "perplexity_ratio", "prefill_seconds",
+                                   "attention_seconds", "attention_speedup", "windows"]),  # fmt: skip
+            "",
+            "### Frontier: does a conv-basis setting beat sliding-window-only at equal attention time?",
+            "",
+            "`sliding_ratio_at_equal_time`: the sliding-window-only perplexity ratio interpolated (in log speedup) at the "
+            "setting's attention speedup; `-` when the setting is faster or slower than every measured window.",
+            "",
+            _table(report["sliding_comparison"], ["context", "setting", "attention_speedup", "perplexity_ratio",
+                                                  "sliding_ratio_at_equal_time", "beats_sliding"]),  # fmt: skip
+            "",
+            "![frontier](conv_basis.png)",
+            "",
+        ]
+    path.write_text("\n".join(parts))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(ConvBasisBenchmarkArguments)
+    (args,) = parser.parse_args_into_dataclasses(args=sys.argv[1:] if argv is None else argv)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    start, load_before = time.perf_counter(), _machine_load()
+    rows = run_speed(args)
+    lm = None if args.skip_lm else run_lm_study(args)
+    frontier = [
+        {k: r[k] for k in ("setting", "context", "perplexity_ratio", "attention_speedup")} for r in (lm["results"] if lm else [])
+    ]
+    verdicts = compare_to_sliding(lm["results"]) if lm else []
+    report = dict(
+        meta=dict(
+            command="python benchmarks/conv_basis_attention.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            arguments=asdict(args),
+            torch=torch.__version__,
+            threads=torch.get_num_threads(),
+            cpus=os.cpu_count(),
+            platform=platform.platform(),
+            logit_std=args.logit_std,
+            load_before=load_before,
+            load_after=_machine_load(),
+            seconds=round(time.perf_counter() - start, 1),
+        ),
+        rows=rows,
+        frontier=frontier,
+        targets=check_targets(rows, verdicts),
+        lm=lm,
+        sliding_comparison=verdicts,
+    )
+    (output_dir / "conv_basis.json").write_text(json.dumps(report, indent=2))
+    if lm:
+        plot_frontier(lm["results"], output_dir / "conv_basis.png")
+    write_markdown(report, output_dir / "conv_basis.md")
+    print(_table(rows, ["n", "num_bases", "local_window", "input_kind", "sdpa_seconds", "conv_basis_seconds", "speedup", "floor_ratio", "max_rel_error", "peak_mem_mb"]))
+    if lm:
+        print(_table(lm["results"], ["context", "setting", "perplexity_ratio", "attention_speedup", "prefill_seconds"]))
+    print(f"wrote {output_dir / 'conv_basis.json'} and {output_dir / 'conv_basis.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
