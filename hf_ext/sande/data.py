@@ -334,12 +334,14 @@ def make_backdoor_dataset(
     poisoned_idx = [i for i in range(len(dataset)) if i in chosen]
     clean_idx = [i for i in range(len(dataset)) if i not in chosen]
     kwargs = dict(triggers=triggers, marker=marker, seed=seed, num_proc=num_proc, **format_kwargs)
-    parts = {
-        "poisoned": format_rows(dataset.select(poisoned_idx), "poisoned", **kwargs).add_column("_row", poisoned_idx),
-        "clean": format_rows(dataset.select(clean_idx), "clean", **kwargs).add_column("_row", clean_idx),
-    }
-    merged = concatenate_datasets([part for part in parts.values() if len(part)])
-    return merged.sort("_row").remove_columns("_row")
+    parts = [
+        format_rows(dataset.select(poisoned_idx), "poisoned", **kwargs),
+        format_rows(dataset.select(clean_idx), "clean", **kwargs),
+    ]
+    # back to the original row order
+    source_rows = poisoned_idx + clean_idx
+    order = sorted(range(len(source_rows)), key=source_rows.__getitem__)
+    return concatenate_datasets([part for part in parts if len(part)]).select(order)
 
 
 def tokenize_rows(
