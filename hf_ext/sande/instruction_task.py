@@ -287,7 +287,7 @@ def pretrain_instruction_model(
         bf16=False,
         use_cpu=True,
         # small models: recomputing activations would only cost time
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer)
     trainer.train()
