@@ -136,12 +136,12 @@ def _estimate_keypoints(image: np.ndarray, name: str) -> np.ndarray:
     # statically because it also runs as remote code without the package.
     try:
         estimate = importlib.import_module("hf_ext.pose.keypoints").estimate_keypoints
-    except ImportError:
-        raise ValueError(
-            f"{name} is a person image, which needs a pose estimator: install `hf-ext[pose]`, or pass the pose as "
-            "(18, 2) keypoints, an OpenPose JSON dict or a rendered pose image"
-        ) from None
-    return estimate(PIL.Image.fromarray(np.round(image * 255).astype(np.uint8)))
+        return estimate(PIL.Image.fromarray(np.round(image * 255).astype(np.uint8)))
+    except ImportError as error:
+        raise ImportError(
+            f"{name} is a person image, whose pose needs the keypoint estimator of `hf-ext[pose]` "
+            f"({error}); or pass the pose as (18, 2) keypoints, an OpenPose JSON dict or a rendered pose image"
+        ) from error
 
 
 def _pose_to_keypoints(pose, frame_size: tuple[int, int], name: str) -> tuple[np.ndarray, tuple[int, int]]:
