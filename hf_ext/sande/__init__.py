@@ -6,6 +6,7 @@
 - `config`, `trainer`: `SANDEConfig(SFTConfig)`, `SANDETrainer(SFTTrainer)` with modes osft / simulate /
   eliminate / sande.
 - `evaluation`: attack success rate, false-trigger rate, multiple-choice utility.
+- `instruction_task`: a checkable instruction task (exact answers) and a small Llama trained on it.
 """
 
 from .backdoor import backdoor_trainer
@@ -30,11 +31,29 @@ from .evaluation import (
     generate_continuations,
     multiple_choice_accuracy,
 )
+from .instruction_task import (
+    TASK_KINDS,
+    answer_accuracy,
+    build_instruction_tokenizer,
+    check_answer,
+    make_instruction_dataset,
+    make_instruction_splits,
+    pretrain_instruction_model,
+    tiny_llama_for,
+)
 from .parrot import ParrotPrompt
 from .trainer import SANDETrainer
 
 
 __all__ = [
+    "TASK_KINDS",
+    "answer_accuracy",
+    "build_instruction_tokenizer",
+    "check_answer",
+    "make_instruction_dataset",
+    "make_instruction_splits",
+    "pretrain_instruction_model",
+    "tiny_llama_for",
     "DEFAULT_COMPLETION_TEMPLATE",
     "DEFAULT_POISON_FORMAT",
     "DEFAULT_PROMPT_TEMPLATE",
