@@ -1,0 +1,189 @@
+"""Conv-basis math against independent dense references (softmax of masked logits, SDPA, autograd)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_ext.attention import (
+    conv_basis_attention,
+    conv_basis_decompose,
+    conv_basis_recompose,
+    recover_conv_basis,
+)
+
+
+def dense_attention(logits, value, *, key_mask=None, sliding_window=None, softcap=None):
+    """softmax(M ∘ H) V computed densely in float64 from full (B, H, n, n) logits."""
+    logits = logits.double()
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    n = logits.shape[-1]
+    lag = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    visible = lag >= 0
+    if sliding_window is not None:
+        visible = visible & (lag < sliding_window)
+    visible = visible[None, None]
+    if key_mask is not None:
+        visible = visible & key_mask[:, None, None, :]
+    weights = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+    return weights @ value.double()
+
+
+def row_relative_error(approx, reference):
+    approx, reference = approx.double(), reference.double()
+    return ((approx - reference).norm(dim=-1) / reference.norm(dim=-1).clamp(min=1e-300)).max().item()
+
+
+def k_conv_problem(breakpoints_per_sequence, n, std, value_dim=8, seed=0):
+    """Q, K with `s Q Kᵀ` equal to a known k-conv matrix per sequence: one-hot queries, keys = columns of H."""
+    generator = torch.Generator().manual_seed(seed)
+    matrices = []
+    for breakpoints in breakpoints_per_sequence:
+        profiles = torch.randn(len(breakpoints), n, generator=generator, dtype=torch.float64) * std
+        matrices.append(conv_basis_recompose(torch.tensor(breakpoints), profiles, n))
+    logits = torch.stack(matrices)[:, None]  # (B, 1, n, n)
+    query = torch.eye(n, dtype=torch.float64).expand(len(matrices), 1, n, n).contiguous()
+    key = logits.transpose(-1, -2).contiguous()  # q_r · k_c = H[r, c]
+    value = torch.randn(len(matrices), 1, n, value_dim, generator=generator, dtype=torch.float64)
+    return query, key, value, logits
+
+
+@pytest.mark.parametrize("n", [1, 5, 37])
+def test_exact_decomposition_recomposes_random_lower_triangular_matrices(n):
+    matrix = torch.randn(n, n, dtype=torch.float64).tril()
+    breakpoints, profiles = conv_basis_decompose(matrix)
+    assert breakpoints[0] == 0 and len(breakpoints) <= n
+    assert torch.equal(conv_basis_recompose(breakpoints, profiles, n), matrix)
+
+
+def test_decomposition_finds_the_minimal_segments_of_a_toeplitz_structure():
+    n = 20
+    true_breakpoints = torch.tensor([0, 6, 11])
+    profiles = torch.randn(3, n, dtype=torch.float64)
+    matrix = conv_basis_recompose(true_breakpoints, profiles, n)
+    breakpoints, recovered = conv_basis_decompose(matrix)
+    assert breakpoints.tolist() == true_breakpoints.tolist()
+    for i, start in enumerate(true_breakpoints.tolist()):
+        assert torch.equal(recovered[i, : n - start], profiles[i, : n - start])
+
+
+def test_recompose_rejects_malformed_bases():
+    with pytest.raises(ValueError, match="starting with 0"):
+        conv_basis_recompose(torch.tensor([1, 3]), torch.zeros(2, 5), 5)
+    with pytest.raises(ValueError, match="increase strictly"):
+        conv_basis_recompose(torch.tensor([0, 3, 3]), torch.zeros(3, 5), 5)
+    with pytest.raises(ValueError, match="profiles must have shape"):
+        conv_basis_recompose(torch.tensor([0, 3]), torch.zeros(3, 5), 5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-5), (torch.float32, 1e-4)])
+def test_recovery_finds_true_breakpoints_and_output_matches_dense_softmax(dtype, tolerance):
+    # batch > 1 with different breakpoints per sequence, n not a power of two
+    truth = [[0, 13, 40, 77], [0, 5, 61, 62]]
+    query, key, value, logits = k_conv_problem(truth, n=100, std=1.0)
+    query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+    breakpoints = recover_conv_basis(query, key, scaling=1.0, num_bases=4, probe_len=8)
+    assert breakpoints[:, 0].tolist() == truth
+    output = conv_basis_attention(query, key, value, scaling=1.0, num_bases=4, probe_len=8)
+    assert output.dtype == dtype
+    reference = dense_attention(logits, value)
+    assert ((output.double() - reference).abs().max() / reference.abs().max()).item() <= tolerance
+
+
+@pytest.mark.parametrize("std", [2.0, 4.0, 8.0])
+def test_every_row_accurate_for_wide_logits_with_fp32_inputs(std):
+    truth = [[0, 9, 30, 71], [0, 44, 45, 90]]
+    query, key, value, logits = k_conv_problem(truth, n=100, std=std, seed=int(std))
+    output = conv_basis_attention(query.float(), key.float(), value.float(), scaling=1.0, num_bases=4, probe_len=8)
+    reference = dense_attention(logits.float(), value.float())  # the same fp32-rounded logits, exact softmax
+    assert row_relative_error(output, reference) <= 1e-3
+
+
+def test_exact_sinks_and_local_window_on_a_k_conv_problem():
+    truth = [[0, 20, 57]]
+    query, key, value, logits = k_conv_problem(truth, n=80, std=3.0)
+    reference = dense_attention(logits, value)
+    for settings in ({"sink_tokens": 3}, {"local_window": 10}, {"local_window": 7, "sink_tokens": 2}):
+        output = conv_basis_attention(query, key, value, scaling=1.0, num_bases=3, probe_len=4, **settings)
+        assert row_relative_error(output, reference) <= 1e-5, settings
+
+
+def random_qkv(batch, heads, kv_heads, n, dim, dtype=torch.float32, requires_grad=False):
+    tensors = [torch.randn(batch, h, n, dim, dtype=dtype) for h in (heads, kv_heads, kv_heads)]
+    return [t.requires_grad_(requires_grad) for t in tensors]
+
+
+@pytest.mark.parametrize("n", [37, 64, 100])
+def test_exact_mode_matches_sdpa_output_and_gradients(n):
+    query, key, value = random_qkv(2, 4, 2, n, 16, requires_grad=True)
+    output = conv_basis_attention(query, key, value)
+    expected = F.scaled_dot_product_attention(
+        query, key.repeat_interleave(2, 1), value.repeat_interleave(2, 1), is_causal=True
+    )
+    assert row_relative_error(output, expected) <= 1e-4
+    upstream = torch.randn_like(output)
+    grads = torch.autograd.grad(output, (query, key, value), upstream)
+    expected_grads = torch.autograd.grad(expected, (query, key, value), upstream)
+    for name, got, want in zip("QKV", grads, expected_grads):
+        assert ((got - want).norm() / want.norm()).item() <= 1e-4, f"d{name}"
+
+
+def test_exact_mode_with_padding_sliding_window_softcap_and_extras():
+    query, key, value = random_qkv(2, 2, 2, 45, 8)
+    scale = 0.7
+    key_mask = torch.ones(2, 45, dtype=torch.bool)
+    key_mask[0, :9] = False  # left padding of the first sequence
+    logits = scale * query.double() @ key.double().transpose(-1, -2)
+    reference = dense_attention(logits, value, key_mask=key_mask, sliding_window=12, softcap=2.0)
+    for settings in ({}, {"local_window": 5}, {"sink_tokens": 4}, {"local_window": 20, "sink_tokens": 1}):
+        output = conv_basis_attention(
+            query, key, value, scaling=scale, key_mask=key_mask, sliding_window=12, softcap=2.0, **settings
+        )
+        valid_rows = key_mask[:, None, :, None].expand_as(output)
+        assert torch.all(output[~valid_rows] == 0), "padding query rows without visible keys give 0"
+        assert row_relative_error(output[:, :, 9:], reference[:, :, 9:]) <= 1e-4, settings
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    query, key, value = random_qkv(1, 2, 1, 50, 16, dtype=dtype)
+    output = conv_basis_attention(query, key, value)
+    assert output.dtype == dtype
+    expected = F.scaled_dot_product_attention(
+        query.float(), key.float().repeat_interleave(2, 1), value.float().repeat_interleave(2, 1), is_causal=True
+    )
+    # the half-precision rounding of the output itself dominates
+    assert row_relative_error(output, expected) <= 1e-2
+
+
+def test_auto_policy_keeps_conv_like_heads_and_computes_the_others_exactly():
+    n = 60
+    query, key, value, logits = k_conv_problem([[0, 25]], n=n, std=2.0)
+    noise_query, noise_key = torch.randn(1, 1, n, n, dtype=torch.float64), torch.randn(1, 1, n, n, dtype=torch.float64)
+    query, key = torch.cat([query, noise_query], 1), torch.cat([key, noise_key], 1)  # head 0 conv-like, head 1 not
+    value = value.expand(1, 2, n, value.shape[-1]).contiguous()
+    paper = conv_basis_attention(query, key, value, scaling=1.0, num_bases=2, probe_len=4)
+    auto = conv_basis_attention(query, key, value, scaling=1.0, num_bases=2, probe_len=4, policy="auto", auto_tolerance=1e-3)
+    reference = dense_attention(torch.cat([logits, noise_query @ noise_key.transpose(-1, -2)], 1), value)
+    assert row_relative_error(paper[:, :1], reference[:, :1]) <= 1e-5
+    assert row_relative_error(paper[:, 1:], reference[:, 1:]) > 1e-2  # two bases cannot fit a random head
+    assert torch.equal(auto[:, :1], paper[:, :1])
+    assert row_relative_error(auto[:, 1:], reference[:, 1:]) <= 1e-6
+
+
+def test_bad_arguments_raise_naming_the_argument():
+    query, key, value = random_qkv(1, 2, 1, 10, 4)
+    with pytest.raises(ValueError, match="num_bases"):
+        conv_basis_attention(query, key, value, num_bases=0)
+    with pytest.raises(ValueError, match="probe_len"):
+        conv_basis_attention(query, key, value, num_bases=2, probe_len=0)
+    with pytest.raises(ValueError, match="local_window"):
+        conv_basis_attention(query, key, value, local_window=-1)
+    with pytest.raises(ValueError, match="policy"):
+        conv_basis_attention(query, key, value, policy="fast")
+    with pytest.raises(ValueError, match="as many queries as keys"):
+        conv_basis_attention(query[:, :, :3], key, value)
+    with pytest.raises(ValueError, match="key shape"):
+        conv_basis_attention(query, key[..., :3], value)
+    with pytest.raises(ValueError, match="key_mask"):
+        conv_basis_attention(query, key, value, key_mask=torch.ones(1, 9, dtype=torch.bool))
