@@ -54,12 +54,21 @@ class PoseTransferPipelineOutput(BaseOutput):
 
 
 def _is_keypoints(value) -> bool:
-    """A pose given as numbers: an (18, 2|3) array, tensor or nested list."""
+    """A pose given as numbers: an (18, k) array or tensor (k = 2 or 3 when valid) or a nested list."""
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.ndim == 2 and value.shape[0] == NUM_KEYPOINTS and value.shape[1] in (2, 3)
+        # 18 rows of a few numbers are keypoints (a wrong column count is reported as such), not an image.
+        return value.ndim == 2 and value.shape[0] == NUM_KEYPOINTS and value.shape[1] <= 4
     if isinstance(value, (list, tuple)) and len(value) == NUM_KEYPOINTS:
         return all(isinstance(p, (list, tuple, np.ndarray)) and len(p) in (2, 3) for p in value)
     return False
+
+
+def _is_single_pose(value) -> bool:
+    if isinstance(value, dict) or _is_keypoints(value):
+        return True
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 3 and value.shape[1] == NUM_KEYPOINTS:
+        return value.shape[2] > 4  # (batch, 18, 2|3) is a batch of keypoints
+    return _is_single_image(value)
 
 
 def _is_single_image(value) -> bool:
@@ -207,10 +216,8 @@ class PoseTransferPipeline(DiffusionPipeline):
             generator.stage_for_resolution(resolution)
         ]
         images = _as_list(reference_image, "reference_image", _is_single_image)
-        targets = _as_list(target_pose, "target_pose", lambda p: isinstance(p, dict) or _is_keypoints(p) or _is_single_image(p))
-        references = [None] * len(images) if reference_pose is None else _as_list(
-            reference_pose, "reference_pose", lambda p: isinstance(p, dict) or _is_keypoints(p) or _is_single_image(p)
-        )
+        targets = _as_list(target_pose, "target_pose", _is_single_pose)
+        references = [None] * len(images) if reference_pose is None else _as_list(reference_pose, "reference_pose", _is_single_pose)
         if not len(images) == len(targets) == len(references):
             raise ValueError(
                 f"reference_image has {len(images)} images but target_pose has {len(targets)} poses"
