@@ -170,6 +170,9 @@ class SANDETrainer(SFTTrainer):
         self.ref_model = None
         if args.consistency_weight > 0 and args.mode != "simulate":
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            # a model that went through an SFTTrainer carries a patched `forward` whose closure still
+            # points at the original model; the copy must run its own class forward
+            self.ref_model.__dict__.pop("forward", None)
 
         self.asr_eval_prompts = asr_eval_prompts
         self.clean_eval_prompts = clean_eval_prompts
