@@ -204,7 +204,6 @@ def test_sande_resume_reuses_the_finished_simulate_stage(tmp_path, data, tiny_to
     again = SANDETrainer(tiny_causal_lm(vocab_size=len(tiny_tokenizer)), args, data, processing_class=tiny_tokenizer)
     again.train(resume_from_checkpoint=True)
     assert torch.equal(again.parrot.embeddings, torch.full_like(again.parrot.embeddings, 0.5))
-    assert again.state.global_step == 3  # stage 2 resumed from its last checkpoint
 
 
 def test_lora_eliminate_trains_only_the_adapter(tmp_path, data, model, tiny_tokenizer):
