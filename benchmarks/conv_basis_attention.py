@@ -47,6 +47,8 @@ from transformers import (
     set_seed,
 )
 
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
 import hf_ext  # noqa: F401  (registers the "conv_basis" attention implementation)
 from hf_ext.attention.conv_basis import conv_basis_attention, recover_conv_basis
 from hf_ext.testing import train_tiny_tokenizer
@@ -70,9 +72,12 @@ class ConvBasisBenchmarkArguments:
     long_from: int = field(default=131072, metadata={"help": "Sequence length from which --long_heads applies."})
     sdpa_max_len: int = field(default=131072, metadata={"help": "Longest sequence SDPA is run on."})
     hybrid_window: int = field(default=256, metadata={"help": "Local window of the extra hybrid speed rows (k=8); 0: none."})
+    fp32_rows: bool = field(default=True, metadata={"help": "Also time k=8 with fp32 FFTs (the default is fp64)."})
+    gaussian_max_len: int = field(default=8192, metadata={"help": "Longest n of the Gaussian-input rows (k=8)."})
     logit_std: float = field(default=2.0, metadata={"help": "Standard deviation of the synthetic k-conv logits."})
     repeats: int = field(default=3, metadata={"help": "Timed repetitions up to n=16384 (2 at 32768, 1 beyond)."})
     seed: int = field(default=0, metadata={"help": "Seed of inputs, corpus split and LM training."})
+    skip_speed: bool = field(default=False, metadata={"help": "Skip the speed table."})
     skip_lm: bool = field(default=False, metadata={"help": "Skip the trained-LM study."})
     cache_dir: str = field(default="benchmarks/.cache", metadata={"help": "Where the trained LM is cached."})
     lm_train_steps: int = field(default=60, metadata={"help": "Optimizer steps of the LM (quick: 25)."})
@@ -94,6 +99,7 @@ class ConvBasisBenchmarkArguments:
     )
     auto_tolerances: list[float] = field(default_factory=lambda: [0.05, 0.2], metadata={"help": "`auto` tolerances."})
     auto_window: int = field(default=256, metadata={"help": "Local window used with the `auto` policy (0: none)."})
+    auto_num_bases: int = field(default=8, metadata={"help": "k used by the `auto` policy where it keeps the basis."})
 
     def __post_init__(self):
         if self.quick:
@@ -281,90 +287,96 @@ def _repeats_for(n: int, repeats: int) -> int:
     return repeats if n <= 16384 else (min(2, repeats) if n <= 32768 else 1)
 
 
-def run_speed(args: ConvBasisBenchmarkArguments) -> list[dict]:
-    """The speed table: one row per (n, k, local_window, input_kind)."""
-    rows = []
-    fft_dtype = torch.float64  # the implementation's default FFT precision
-    configs = [(n, k, 0, "k_conv") for n in args.sizes for k in args.num_bases]
-    if args.hybrid_window and 8 in args.num_bases:
-        configs += [(n, 8, args.hybrid_window, "k_conv") for n in args.sizes if n > 2 * args.hybrid_window]
+def speed_cases(args: "ConvBasisBenchmarkArguments", n: int) -> list[dict]:
+    """The settings timed at length n: every k on k-conv inputs (fp64 FFTs, the default), plus for k=8
+    fp32 FFTs, a hybrid local window and Gaussian (structure-free) inputs."""
+    cases = [dict(num_bases=k, local_window=0, input_kind="k_conv", fft_dtype="float64") for k in args.num_bases]
     if 8 in args.num_bases:
-        configs += [(n, 8, 0, "gaussian") for n in args.sizes if n <= 8192]
-    # Warm up both sides (thread pools, FFT plans) on a small input.
-    q, k, v, _ = k_conv_inputs(1024, 2, args.head_dim, 4, args.logit_std, args.seed)
-    F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    conv_basis_attention(q, k, v, num_bases=4)
+        if args.fp32_rows:
+            cases.append(dict(num_bases=8, local_window=0, input_kind="k_conv", fft_dtype="float32"))
+        if args.hybrid_window and n > 2 * args.hybrid_window:
+            cases.append(dict(num_bases=8, local_window=args.hybrid_window, input_kind="k_conv", fft_dtype="float64"))
+        if n <= args.gaussian_max_len:
+            cases.append(dict(num_bases=8, local_window=0, input_kind="gaussian", fft_dtype="float64"))
+    return cases
 
-    with torch.inference_mode():
-        for n in tqdm(args.sizes, desc="speed: sequence lengths"):
-            heads = args.long_heads if n >= args.long_from else args.num_heads
-            scaling = args.head_dim**-0.5
-            cases = []
-            for n_, num_bases, window, kind in configs:
-                if n_ != n:
-                    continue
-                seed = args.seed + n + num_bases
+
+def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
+    """The speed table: one row per (n, k, local_window, input_kind, fft_dtype), calls interleaved per n."""
+    rows = []
+    scaling = args.head_dim**-0.5
+    # Warm up both sides (thread pools, FFT plans) on a small input.
+    query, key, value, _ = k_conv_inputs(1024, 2, args.head_dim, 4, args.logit_std, args.seed)
+    F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    conv_basis_attention(query, key, value, num_bases=4)
+
+    for n in tqdm(args.sizes, desc="speed: sequence lengths"):
+        heads = args.long_heads if n >= args.long_from else args.num_heads
+        cases = speed_cases(args, n)
+        inputs = {}
+        for case in cases:
+            kind, k = case["input_kind"], case["num_bases"]
+            if (kind, k) not in inputs:
+                seed = args.seed + n + k
                 if kind == "k_conv":
-                    query, key, value, breakpoints = k_conv_inputs(n, heads, args.head_dim, num_bases, args.logit_std, seed)
+                    inputs[kind, k] = k_conv_inputs(n, heads, args.head_dim, k, args.logit_std, seed)
                 else:
-                    (query, key, value), breakpoints = gaussian_inputs(n, heads, args.head_dim, seed), None
-                cases.append(dict(num_bases=num_bases, local_window=window, kind=kind, inputs=(query, key, value), breaks=breakpoints))
-            # SDPA's cost does not depend on the values: one SDPA call per repetition, on the first case's inputs.
-            run_sdpa = n <= args.sdpa_max_len
-            sdpa_times, conv_times, floor_times = [], {i: [] for i in range(len(cases))}, {i: [] for i in range(len(cases))}
-            sdpa_output, sdpa_peak, conv_outputs, conv_peaks = None, None, {}, {}
-            floor_inputs = {
-                i: _segment_kernels(c["inputs"][0], c["inputs"][1], c["breaks"], scaling)
-                for i, c in enumerate(cases)
-                if c["kind"] == "k_conv" and c["local_window"] == 0
-            }
+                    inputs[kind, k] = (*gaussian_inputs(n, heads, args.head_dim, seed), torch.zeros(1, dtype=torch.long))
+            case["inputs"] = inputs[kind, k]
+            case["conv_times"], case["floor_times"] = [], []
+            if kind == "k_conv" and case["local_window"] == 0:
+                query, key, _, breakpoints = case["inputs"]
+                case["kernels"] = _segment_kernels(query, key, breakpoints, scaling)  # the floor's inputs, untimed
+
+        # One SDPA call per repetition (its cost does not depend on the values), then every case, then its floor.
+        run_sdpa = n <= args.sdpa_max_len
+        sdpa_times, sdpa_output, sdpa_peak = [], None, None
+        with torch.inference_mode():
             for repeat in range(_repeats_for(n, args.repeats)):
                 first = repeat == 0
                 if run_sdpa:
-                    query, key, value = cases[0]["inputs"]
-                    out, seconds, peak = _measure(
-                        lambda: F.scaled_dot_product_attention(query, key, value, is_causal=True), first
-                    )
+                    query, key, value, _ = cases[0]["inputs"]
+                    out, seconds, peak = _measure(lambda: F.scaled_dot_product_attention(query, key, value, is_causal=True), first)
                     sdpa_times.append(seconds)
                     if first:
                         sdpa_output, sdpa_peak = out, peak
-                for i, case in enumerate(cases):
-                    query, key, value = case["inputs"]
+                for case in cases:
+                    query, key, value, breakpoints = case["inputs"]
+                    dtype = getattr(torch, case["fft_dtype"])
                     out, seconds, peak = _measure(
                         lambda: conv_basis_attention(
-                            query, key, value, num_bases=case["num_bases"], local_window=case["local_window"]
+                            query, key, value, num_bases=case["num_bases"], local_window=case["local_window"], fft_dtype=dtype
                         ),
                         first,
                     )
-                    conv_times[i].append(seconds)
+                    case["conv_times"].append(seconds)
                     if first:
-                        conv_outputs[i], conv_peaks[i] = out, peak
-                    if i in floor_inputs:
-                        _, seconds, _ = _measure(lambda: fft_floor(value, floor_inputs[i], case["breaks"], fft_dtype), False)
-                        floor_times[i].append(seconds)
-            for i, case in enumerate(cases):
-                query, key, value = case["inputs"]
-                breaks = case["breaks"] if case["breaks"] is not None else torch.zeros(1, dtype=torch.long)
-                sampled = sample_rows(n, breaks, seed=args.seed)
+                        case["output"], case["peak"] = out, peak
+                    if "kernels" in case:
+                        _, seconds, _ = _measure(lambda: fft_floor(value, case["kernels"], breakpoints, dtype), False)
+                        case["floor_times"].append(seconds)
+
+            sdpa_seconds = statistics.median(sdpa_times) if sdpa_times else None
+            for index, case in enumerate(cases):
+                query, key, value, breakpoints = case["inputs"]
+                sampled = sample_rows(n, breakpoints, seed=args.seed)
                 reference = exact_rows_fp64(query, key, value, sampled, scaling)
                 recovered = None
-                if case["kind"] == "k_conv":
+                if case["input_kind"] == "k_conv":
                     found = recover_conv_basis(
                         query, key, scaling=scaling, num_bases=case["num_bases"], local_window=case["local_window"]
                     )
-                    recovered = bool((found == case["breaks"]).all()) if found.shape[-1] == case["breaks"].numel() else False
-                sdpa_seconds = statistics.median(sdpa_times) if sdpa_times else None
-                conv_seconds = statistics.median(conv_times[i])
-                floor_seconds = statistics.median(floor_times[i]) if floor_times[i] else None
-                sdpa_error = None
-                if sdpa_output is not None and i == 0:
-                    sdpa_error = max_row_error(sdpa_output, reference, sampled)
+                    recovered = found.shape[-1] == breakpoints.numel() and bool((found == breakpoints).all())
+                conv_seconds = statistics.median(case["conv_times"])
+                floor_seconds = statistics.median(case["floor_times"]) if case["floor_times"] else None
+                sdpa_error = max_row_error(sdpa_output, reference, sampled) if index == 0 and sdpa_output is not None else None
                 rows.append(
                     dict(
                         n=n,
                         num_bases=case["num_bases"],
                         local_window=case["local_window"],
-                        input_kind=case["kind"],
+                        input_kind=case["input_kind"],
+                        fft_dtype=case["fft_dtype"],
                         num_heads=heads,
                         head_dim=args.head_dim,
                         sdpa_seconds=_round(sdpa_seconds),
@@ -372,15 +384,15 @@ def run_speed(args: ConvBasisBenchmarkArguments) -> list[dict]:
                         speedup=_round(sdpa_seconds / conv_seconds if sdpa_seconds else None, 3),
                         fft_floor_seconds=_round(floor_seconds),
                         floor_ratio=_round(conv_seconds / floor_seconds if floor_seconds else None, 3),
-                        max_rel_error=float(f"{max_row_error(conv_outputs[i], reference, sampled):.3e}"),
+                        max_rel_error=float(f"{max_row_error(case['output'], reference, sampled):.3e}"),
                         sdpa_max_rel_error=None if sdpa_error is None else float(f"{sdpa_error:.3e}"),
                         breakpoints_recovered=recovered,
-                        peak_mem_mb=conv_peaks[i],
-                        sdpa_peak_mem_mb=sdpa_peak if i == 0 else None,
-                        repeats=len(conv_times[i]),
+                        peak_mem_mb=case["peak"],
+                        sdpa_peak_mem_mb=sdpa_peak if index == 0 else None,
+                        repeats=len(case["conv_times"]),
                     )
                 )
-            del cases, conv_outputs, sdpa_output, floor_inputs
+        del cases, inputs, sdpa_output
     return rows
 
 
@@ -495,6 +507,22 @@ def train_or_load_lm(args) -> tuple[Path, dict]:
     return folder, log
 
 
+WINDOW_ONLY = "conv_basis_window_only"
+
+
+def window_only_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """Sliding-window-only baseline: the implementation's exact local window with the far field masked.
+
+    `local_window = sliding_window = w` (w from `module.config.conv_basis["local_window"]`): every key
+    within the window is attended exactly, every farther key is masked, so no basis is used.
+    """
+    if attention_mask is not None:
+        raise ValueError("the window-only baseline runs on single unpadded sequences (attention_mask must be None)")
+    window = module.config.conv_basis["local_window"]
+    output = conv_basis_attention(query, key, value, scaling=scaling, num_bases=1, local_window=window, sliding_window=window)
+    return output.transpose(1, 2).contiguous(), None
+
+
 @contextmanager
 def _timed_attention(name: str):
     """Sum the wall time of every call to the registered attention function `name` (restored on exit)."""
@@ -515,17 +543,19 @@ def _timed_attention(name: str):
 
 
 def study_settings(args) -> list[tuple[str, str, dict | None]]:
-    """`(setting, family, conv_basis dict or None for SDPA)` of the accuracy study."""
+    """`(setting, family, conv_basis dict or None for SDPA)` of the accuracy study; family "sliding" runs
+    `window_only_attention`, the others the registered `"conv_basis"` implementation."""
     settings = [("sdpa", "sdpa", None)]
     settings += [(f"paper k={k}", "paper", dict(num_bases=k)) for k in args.paper_num_bases]
     # Far field off: a sliding window as wide as the exact local window masks every farther column.
-    settings += [(f"window w={w}", "sliding", dict(local_window=w, sliding_window=w)) for w in args.sliding_windows]
+    settings += [(f"window w={w}", "sliding", dict(local_window=w)) for w in args.sliding_windows]
     for entry in args.hybrids:
         window, k = (int(x) for x in entry.split(":"))
         settings.append((f"hybrid w={window} k={k}", "hybrid", dict(num_bases=k, local_window=window)))
     for tolerance in args.auto_tolerances:
-        name = f"auto tol={tolerance:g}" + (f" w={args.auto_window}" if args.auto_window else "")
-        settings.append((name, "auto", dict(policy="auto", auto_tolerance=tolerance, local_window=args.auto_window)))
+        name = f"auto k={args.auto_num_bases} tol={tolerance:g}" + (f" w={args.auto_window}" if args.auto_window else "")
+        auto = dict(policy="auto", num_bases=args.auto_num_bases, auto_tolerance=tolerance, local_window=args.auto_window)
+        settings.append((name, "auto", auto))
     return settings
 
 
@@ -536,6 +566,8 @@ def run_lm_study(args) -> dict:
     _, held_out = stdlib_sources(args.lm_files)
     stream = _token_stream(tokenizer, held_out)
     settings = study_settings(args)
+    AttentionInterface.register(WINDOW_ONLY, window_only_attention)
+    AttentionMaskInterface.register(WINDOW_ONLY, sdpa_mask)
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
     results = []
     for context in args.lm_contexts:
@@ -543,8 +575,8 @@ def run_lm_study(args) -> dict:
         totals = {name: dict(nll=0.0, tokens=0, prefill=0.0, attention=0.0) for name, _, _ in settings}
         for w in tqdm(range(windows), desc=f"LM study at context {context}"):
             input_ids = stream[w * context : (w + 1) * context][None]
-            for name, _, conv_settings in settings:
-                implementation = "sdpa" if conv_settings is None else "conv_basis"
+            for name, family, conv_settings in settings:
+                implementation = {"sdpa": "sdpa", "sliding": WINDOW_ONLY}.get(family, "conv_basis")
                 model.config.conv_basis = conv_settings
                 model.set_attn_implementation(implementation)
                 with torch.inference_mode(), _timed_attention(implementation) as attention_seconds:
@@ -617,35 +649,34 @@ def compare_to_sliding(results: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_targets(rows: list[dict], verdicts: list[dict]) -> dict:
-    """The issue's targets, evaluated on the measured rows (None where the run did not measure it)."""
-    plain = {r["n"]: r for r in rows if r["num_bases"] == 8 and r["local_window"] == 0 and r["input_kind"] == "k_conv"}
+def check_targets(rows: list[dict], fft_dtype: str) -> dict:
+    """The issue's speed and accuracy targets on the k=8 rows with the given FFT precision (None: not measured)."""
+    plain = {
+        r["n"]: r
+        for r in rows
+        if r["num_bases"] == 8 and r["local_window"] == 0 and r["input_kind"] == "k_conv" and r["fft_dtype"] == fft_dtype
+    }
 
     def speedup_at(n):
-        return plain[n]["speedup"] if n in plain and plain[n]["speedup"] is not None else None
+        return plain[n]["speedup"] if n in plain else None
 
-    break_even = min((n for n, r in plain.items() if r["speedup"] and r["speedup"] >= 1.0), default=None)
+    measured = sorted(n for n, r in plain.items() if r["speedup"] is not None)
+    # Break-even: the shortest n from which conv-basis is at least as fast as SDPA at every longer measured n.
+    break_even = next((n for n in measured if all(plain[m]["speedup"] >= 1.0 for m in measured if m >= n)), None)
     floor_ratios = [r["floor_ratio"] for r in plain.values() if r["floor_ratio"] is not None]
     memory = sorted((n, r["peak_mem_mb"]) for n, r in plain.items() if r["peak_mem_mb"])
-    k_conv_errors = [r["max_rel_error"] for r in rows if r["input_kind"] == "k_conv"]
-    targets = {
-        "speedup_32768_ge_10": None if speedup_at(32768) is None else speedup_at(32768) >= 10,
-        "speedup_65536_ge_25": None if speedup_at(65536) is None else speedup_at(65536) >= 25,
-        "break_even_n": break_even,
-        "break_even_le_4096": None if break_even is None else break_even <= 4096,
-        "max_floor_ratio": max(floor_ratios) if floor_ratios else None,
-        "within_1_5x_of_floor": None if not floor_ratios else max(floor_ratios) <= 1.5,
-        # Memory per token at the longest n over the same at the shortest: ~1 when memory is linear in n.
-        "memory_per_token_growth": None
-        if len(memory) < 2
+    errors = [r["max_rel_error"] for r in rows if r["input_kind"] == "k_conv" and r["fft_dtype"] == fft_dtype]
+    return {
+        "speedup at n=32768 (target >= 10)": speedup_at(32768),
+        "speedup at n=65536 (target >= 25)": speedup_at(65536),
+        "break-even n (target <= 4096)": break_even,
+        "largest time / FFT floor (target <= 1.5)": max(floor_ratios) if floor_ratios else None,
+        # Memory per token at the longest n over the same at the shortest: about 1 when memory is linear in n.
+        "memory per token, longest n / shortest n (linear: ~1)": None
+        if len(memory) < 2 or memory[0][1] <= 0
         else round((memory[-1][1] / memory[-1][0]) / (memory[0][1] / memory[0][0]), 3),
-        "max_k_conv_error": max(k_conv_errors) if k_conv_errors else None,
-        "k_conv_error_le_1e-4": None if not k_conv_errors else max(k_conv_errors) <= 1e-4,
-        "conv_setting_beats_sliding": None
-        if not verdicts
-        else any(v["beats_sliding"] for v in verdicts if v["setting"].split()[0] in ("hybrid", "auto")),
+        "largest k-conv error, any k (target <= 1e-4)": max(errors) if errors else None,
     }
-    return targets
 
 
 def plot_frontier(results: list[dict], path: Path) -> None:
@@ -692,39 +723,58 @@ def _table(records: list[dict], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+SPEED_COLUMNS = [
+    "n", "num_bases", "local_window", "input_kind", "fft_dtype", "num_heads", "sdpa_seconds", "conv_basis_seconds",
+    "speedup", "fft_floor_seconds", "floor_ratio", "max_rel_error", "sdpa_max_rel_error", "breakpoints_recovered",
+    "peak_mem_mb", "sdpa_peak_mem_mb",
+]  # fmt: skip
+LM_COLUMNS = [
+    "context", "setting", "perplexity", "perplexity_ratio", "prefill_seconds", "attention_seconds", "attention_speedup",
+    "windows",
+]  # fmt: skip
+COMPARISON_COLUMNS = ["context", "setting", "attention_speedup", "perplexity_ratio", "sliding_ratio_at_equal_time", "beats_sliding"]
+
+
 def write_markdown(report: dict, path: Path) -> None:
+    """The human-readable report: settings, machine load, the speed table, targets, the LM study."""
     meta, targets = report["meta"], report["targets"]
     parts = [
         "# Conv-basis attention benchmark",
         "",
         f"Command: `{meta['command']}`. torch {meta['torch']}, {meta['threads']} threads, {meta['platform']}.",
-        f"Machine load (1/5/15-min load average on {meta['cpus']} CPUs): before {meta['load_before']}, after {meta['load_after']}; "
-        f"total time {meta['seconds']:.0f} s. Timings are medians of interleaved repetitions (SDPA, then each setting) "
-        "on the same inputs; the machine was shared, so ratios are more reliable than absolute times.",
-        "",
-        "## Speed: attention alone, CPU fp32, B=1, d=64",
-        "",
-        "Inputs: `k_conv` = query/key whose masked logits have an exact k-conv basis (logit std "
-        f"{meta['logit_std']}, known breakpoints; `breakpoints_recovered` says whether the paper's recovery found them); "
-        "`gaussian` = standard normal query/key/value (no conv structure; the error shows what k bases cost there). "
-        "`max_rel_error`: largest relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows "
-        "(first/last rows, rows at breakpoints, random rows). `fft_floor_seconds`: the bare FFT work of a k-segment basis "
-        "(per segment rFFT of its value columns and kernel over the rows it reaches, product, inverse rFFT; fp64 like the "
-        "implementation's default). `peak_mem_mb`: resident-set growth during one call. SDPA is timed once per repetition "
-        "per n (its cost does not depend on the values) and shown on every row of that n.",
-        "",
-        _table(
-            report["rows"],
-            ["n", "num_bases", "local_window", "input_kind", "num_heads", "sdpa_seconds", "conv_basis_seconds", "speedup",
-             "fft_floor_seconds", "floor_ratio", "max_rel_error", "sdpa_max_rel_error", "breakpoints_recovered",
-             "peak_mem_mb", "sdpa_peak_mem_mb"],
-        ),  # fmt: skip
-        "",
-        "## Targets (k=8, d=64, fp32)",
-        "",
-        _table([{"target": k, "measured": v} for k, v in targets.items()], ["target", "measured"]),
+        f"Machine load (1/5/15-min load average on {meta['cpus']} CPUs, shared with other jobs): before "
+        f"{meta['load_before']}, after {meta['load_after']}; total time {meta['seconds']:.0f} s. Timings are medians of "
+        "interleaved repetitions (SDPA, then each setting, on the same inputs), so ratios are more reliable than absolute times.",
         "",
     ]
+    if report["rows"]:
+        parts += [
+            "## Speed: attention alone, CPU, fp32 inputs, B=1, d=64",
+            "",
+            "Inputs: `k_conv` = query/key whose masked logits have an exact k-conv basis (logit std "
+            f"{meta['logit_std']}, known breakpoints; `breakpoints_recovered`: the paper's recovery found exactly them); "
+            "`gaussian` = standard normal query/key/value (no conv structure: the error shows what k bases lose there). "
+            "`fft_dtype`: precision of the implementation's FFTs (float64 is its default). `max_rel_error`: largest "
+            "relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows (first/last rows, rows at "
+            "breakpoints, random rows); `sdpa_max_rel_error` is SDPA's against the same reference. `fft_floor_seconds`: "
+            "the bare FFT work of a k-segment basis in the same precision (per segment: rFFT of its value columns plus a "
+            "ones column and of its kernel, over the rows it reaches, product, inverse rFFT; no recovery, no normalisation). "
+            "`peak_mem_mb`: growth of the process's resident set during one call. SDPA is timed once per repetition per n "
+            f"(its cost does not depend on the values); from n={meta['arguments']['long_from']} both sides use "
+            f"{meta['arguments']['long_heads']} heads.",
+            "",
+            _table(report["rows"], SPEED_COLUMNS),
+            "",
+            "## Targets (k=8, d=64, fp32 inputs)",
+            "",
+            _table(
+                [{"target": name, **{dtype: targets[dtype][name] for dtype in targets}} for name in targets["float64"]],
+                ["target", *[dtype for dtype in targets]],
+            ),
+            "",
+            "Columns: the implementation's FFT precision.",
+            "",
+        ]
     lm = report.get("lm")
     if lm:
         training = lm["training"]
@@ -736,20 +786,21 @@ def write_markdown(report: dict, path: Path) -> None:
             f"dimension {s['head_dim']}, vocabulary {s['vocab_size']} (byte-level BPE), {training['parameters']:,} parameters; "
             f"trained {s['steps']} steps x {s['tokens_per_step']} tokens (lengths {s['train_lengths']}) on the Python "
             f"{s['python']} standard library's sources (tests excluded; {training['train_tokens']:,} training tokens; "
-            f"final loss {training['final_loss']}, {training['seconds']} s). Evaluated on held-out files (every 10th file). "
-            "Sliding window = the implementation's exact local window with the far field masked "
-            "(`local_window=w, sliding_window=w`). Attention time = wall time inside the attention function over all layers.",
+            f"final training loss {training['final_loss']}, {training['seconds']} s). Evaluated on held-out files "
+            "(every 10th file), consecutive windows of each context. Settings use `attn_implementation=\"conv_basis\"` with "
+            "`config.conv_basis` as named (defaults otherwise: probe_len 16, threshold 1e-4, fp64 FFTs); `window w` = "
+            "sliding window only, run as the implementation's exact local window with every farther key masked "
+            "(`conv_basis_attention(local_window=w, sliding_window=w, num_bases=1)`: no far field). Attention time = "
+            "wall time inside the attention function, all layers; speedup = SDPA's attention time / the setting's.",
             "",
-            _table(lm["results"], ["context", "setting", "perplexity", "perplexity_ratio", "prefill_seconds",
-                                   "attention_seconds", "attention_speedup", "windows"]),  # fmt: skip
+            _table(lm["results"], LM_COLUMNS),
             "",
-            "### Frontier: does a conv-basis setting beat sliding-window-only at equal attention time?",
+            "### Does a conv-basis setting beat sliding-window-only at equal attention time?",
             "",
             "`sliding_ratio_at_equal_time`: the sliding-window-only perplexity ratio interpolated (in log speedup) at the "
             "setting's attention speedup; `-` when the setting is faster or slower than every measured window.",
             "",
-            _table(report["sliding_comparison"], ["context", "setting", "attention_speedup", "perplexity_ratio",
-                                                  "sliding_ratio_at_equal_time", "beats_sliding"]),  # fmt: skip
+            _table(report["sliding_comparison"], COMPARISON_COLUMNS),
             "",
             "![frontier](conv_basis.png)",
             "",
@@ -764,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     start, load_before = time.perf_counter(), _machine_load()
-    rows = run_speed(args)
+    rows = [] if args.skip_speed else run_speed(args)
     lm = None if args.skip_lm else run_lm_study(args)
     frontier = [
         {k: r[k] for k in ("setting", "context", "perplexity_ratio", "attention_speedup")} for r in (lm["results"] if lm else [])
@@ -785,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         rows=rows,
         frontier=frontier,
-        targets=check_targets(rows, verdicts),
+        targets={dtype: check_targets(rows, dtype) for dtype in ("float64", "float32")} if rows else {},
         lm=lm,
         sliding_comparison=verdicts,
     )
@@ -793,9 +844,10 @@ def main(argv: list[str] | None = None) -> int:
     if lm:
         plot_frontier(lm["results"], output_dir / "conv_basis.png")
     write_markdown(report, output_dir / "conv_basis.md")
-    print(_table(rows, ["n", "num_bases", "local_window", "input_kind", "sdpa_seconds", "conv_basis_seconds", "speedup", "floor_ratio", "max_rel_error", "peak_mem_mb"]))
+    if rows:
+        print(_table(rows, SPEED_COLUMNS))
     if lm:
-        print(_table(lm["results"], ["context", "setting", "perplexity_ratio", "attention_speedup", "prefill_seconds"]))
+        print(_table(lm["results"], LM_COLUMNS))
     print(f"wrote {output_dir / 'conv_basis.json'} and {output_dir / 'conv_basis.md'}")
     return 0
 

@@ -1,0 +1,85 @@
+"""The conv-basis benchmark: its synthetic inputs, reference and FFT floor, and its smallest full run."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_ext.benchmarks import conv_basis_attention as bench
+
+
+def test_k_conv_inputs_have_the_returned_basis():
+    query, key, value, breakpoints = bench.k_conv_inputs(300, 2, 16, 4, logit_std=3.0, seed=1)
+    assert query.shape == key.shape == value.shape == (1, 2, 300, 16) and query.dtype == torch.float32
+    logits = 16**-0.5 * query[0].double() @ key[0].double().transpose(-1, -2)  # (H, n, n)
+    # Column j continues its segment iff H[r, j] == H[r-1, j-1] for every r >= j (the profile is shifted down).
+    lower = torch.ones(299, 299, dtype=torch.bool).tril()
+    differs = ((logits[:, 1:, 1:] - logits[:, :-1, :-1]).abs() > 1e-4) & lower
+    starts = 1 + differs.any(dim=1).any(dim=0).nonzero().flatten()
+    assert starts.tolist() == breakpoints[1:].tolist()
+    assert 2.0 < float(logits[0][torch.ones(300, 300, dtype=torch.bool).tril()].std()) < 4.5
+
+
+def test_fp64_reference_rows_match_sdpa():
+    query, key, value = bench.gaussian_inputs(200, 2, 16, seed=0)
+    rows = bench.sample_rows(200, torch.tensor([0, 50]), count=40)
+    reference = bench.exact_rows_fp64(query, key, value, rows, 16**-0.5)
+    sdpa = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    assert bench.max_row_error(sdpa, reference, rows) < 1e-5
+    assert bench.max_row_error(sdpa + 0.1, reference, rows) > 1e-2
+
+
+@pytest.mark.parametrize("fft_dtype", [torch.float64, torch.float32])
+def test_fft_floor_does_the_whole_convolution(fft_dtype):
+    # The floor times real work: normalised, its output is exact attention on k-conv inputs.
+    query, key, value, breakpoints = bench.k_conv_inputs(257, 2, 16, 3, logit_std=2.0, seed=2)
+    kernels = bench._segment_kernels(query, key, breakpoints, 16**-0.5)
+    channels = bench.fft_floor(value, kernels, breakpoints, fft_dtype)  # (H, d + 1, n)
+    output = (channels[:, :-1] / channels[:, -1:]).transpose(1, 2)[None].float()
+    expected = F.scaled_dot_product_attention(query, key, value, is_causal=True)
+    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="--sizes"):
+        bench.ConvBasisBenchmarkArguments(sizes=[0, 1024])
+    with pytest.raises(ValueError, match="WINDOW:K"):
+        bench.ConvBasisBenchmarkArguments(hybrids=["256-8"])
+
+
+def test_smallest_run_writes_schema_and_small_errors(tmp_path):
+    argv = [
+        "--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"),
+        "--sizes", "1024", "--num_bases", "8", "--repeats", "1", "--hybrid_window", "128", "--gaussian_max_len", "0",
+        "--lm_train_steps", "2", "--lm_tokens_per_step", "512", "--lm_train_lengths", "256", "--lm_files", "20",
+        "--lm_contexts", "1024", "--lm_eval_tokens", "1024", "--paper_num_bases", "4", "--sliding_windows", "64", "1024",
+        "--hybrids", "64:4", "--auto_tolerances", "0.2", "--auto_window", "64", "--auto_num_bases", "4",
+    ]  # fmt: skip
+    assert bench.main(argv) == 0
+    report = json.loads((tmp_path / "out" / "conv_basis.json").read_text())
+    assert (tmp_path / "out" / "conv_basis.md").read_text().startswith("# Conv-basis attention benchmark")
+    assert (tmp_path / "out" / "conv_basis.png").stat().st_size > 0
+
+    rows = report["rows"]
+    assert {(r["num_bases"], r["local_window"], r["fft_dtype"]) for r in rows} == {
+        (8, 0, "float64"), (8, 0, "float32"), (8, 128, "float64"),
+    }  # fmt: skip
+    required = {"n", "num_bases", "local_window", "input_kind", "sdpa_seconds", "conv_basis_seconds", "speedup",
+                "fft_floor_seconds", "max_rel_error", "peak_mem_mb"}  # fmt: skip
+    for row in rows:
+        assert required <= set(row)
+        assert row["conv_basis_seconds"] > 0 and row["sdpa_seconds"] > 0
+        assert row["breakpoints_recovered"] is True
+        # The issue's bar for exact k-conv inputs is 1e-4 (with the default fp64 FFTs); fp32 FFTs are looser.
+        assert row["max_rel_error"] <= (1e-4 if row["fft_dtype"] == "float64" else 1e-2)
+
+    frontier = report["frontier"]
+    assert {f["setting"] for f in frontier} >= {"sdpa", "paper k=4", "window w=64", "hybrid w=64 k=4"}
+    for entry in frontier:
+        assert set(entry) == {"setting", "context", "perplexity_ratio", "attention_speedup"}
+        assert entry["perplexity_ratio"] > 0 and entry["attention_speedup"] > 0
+    ratio = {f["setting"]: f["perplexity_ratio"] for f in frontier}
+    assert ratio["sdpa"] == 1.0
+    assert ratio["window w=1024"] == pytest.approx(1.0, abs=1e-4)  # a window covering the context is exact
+    assert ratio["window w=64"] != pytest.approx(1.0, abs=1e-6)  # a narrow one is not
