@@ -187,3 +187,15 @@ def test_bad_arguments_raise_naming_the_argument():
         conv_basis_attention(query, key[..., :3], value)
     with pytest.raises(ValueError, match="key_mask"):
         conv_basis_attention(query, key, value, key_mask=torch.ones(1, 9, dtype=torch.bool))
+
+
+def test_gradients_through_fft_segments_match_finite_differences():
+    generator = torch.Generator().manual_seed(1)
+    query, key = (torch.randn(1, 1, 40, 4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    value = torch.randn(1, 1, 40, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    breakpoints = torch.tensor([[[0, 18]]])  # two segments wider than the direct-sum limit: the FFT path
+
+    def attention(q, k, v):
+        return conv_basis_attention(q, k, v, breakpoints=breakpoints, local_window=3)
+
+    assert torch.autograd.gradcheck(attention, (query, key, value), atol=1e-6, rtol=1e-4, fast_mode=True)

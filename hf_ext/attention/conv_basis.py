@@ -19,8 +19,9 @@ Notation (one head, sequence length n):
     denominator Z = Σ_i e_i ⊛ (1 restricted to the columns of segment i)
     Y = N / Z
 
-computed with one FFT per segment and channel, summed in the frequency domain. No n × n
-tensor is formed on the convolution path.
+computed with one FFT per segment and channel, summed in the frequency domain (segments only a
+few columns wide, common with the paper's recovery, are summed directly in O(width · n · d)).
+No n × n tensor is formed on the convolution path.
 
 Numerics. An FFT convolution's error is relative to its largest term, so a row whose mass
 is far below the largest kernel value loses all precision. Each kernel is therefore split
@@ -54,6 +55,9 @@ POLICIES = ("paper", "auto")
 
 # Band width B (nats) per FFT precision: eps · e^B ≈ 2e-6 (fp64) / 1.3e-4 (fp32).
 _BAND_WIDTH = {torch.float64: 23.0, torch.float32: 7.0}
+
+# Segments at most this many columns wide are summed directly: W·n·d work beats FFTs of length 2n.
+_DIRECT_MAX_WIDTH = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,55 +392,45 @@ def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(tensor, (0, length - tensor.shape[-1]))
 
 
-def _apply_conv_basis(q, k, v, breakpoints, scaling, softcap, key_mask, sliding_window, local_window, fft_dtype):
-    """Far-field part `(numerator, denominator, log_scale)` per row: the true sums are `x · exp(log_scale)`."""
+def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_window, fft_dtype):
+    """Kernel logits `s_i[t] = H[j_i + t, j_i]` (the profile of each segment's first column), `-inf` where unused."""
     batch, num_heads, n, _ = q.shape
-    num_segments = breakpoints.shape[-1]
-    device = q.device
-    lags = torch.arange(n, device=device)
-    starts = breakpoints  # j_i, padded with n
-    ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
-
-    # Kernel logits: the profile of each segment's first column, s_i[t] = H[j_i + t, j_i] (eq. segment form).
-    batch_index = torch.arange(batch, device=device)[:, None, None]
-    head_index = torch.arange(num_heads, device=device)[None, :, None]
+    lags = torch.arange(n, device=q.device)
+    batch_index = torch.arange(batch, device=q.device)[:, None, None]
+    head_index = torch.arange(num_heads, device=q.device)[None, :, None]
     start_keys = k[batch_index, head_index, starts.clamp(max=n - 1)].to(fft_dtype)  # (B, H, K, D)
     scores = scaling * torch.einsum("bhnd,bhkd->bhkn", q.to(fft_dtype), start_keys)
     rows = starts[..., None] + lags  # (B, H, K, n)
     kernel = _transform_logits(scores.gather(-1, rows.clamp(max=n - 1)), softcap)
-    used = (rows < n) & (lags >= local_window)
+    used = (rows < n) & (lags >= local_window)  # lags below the local window are computed exactly elsewhere
     if sliding_window is not None:
         used = used & (lags < sliding_window)
-    kernel = kernel.masked_fill(~used, float("-inf"))
+    return kernel.masked_fill(~used, float("-inf"))
 
+
+def _fft_segments(kernel, starts, ends, augmented, fft_dtype):
+    """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale)`."""
+    batch, num_heads, channels, n = augmented.shape
+    used = kernel.isfinite()
     # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m.
     band_width = _BAND_WIDTH[fft_dtype]
     peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
     peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
     band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
-    num_bands = int(band.max()) + 1 if bool(used.any()) else 1
+    num_bands = int(band.max()) + 1
 
     fft_len = _fft_size(2 * n - 1)
-    column_ok = torch.ones(batch, n, dtype=fft_dtype, device=device) if key_mask is None else key_mask.to(fft_dtype)
-    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator), u = key mask.
-    augmented = torch.cat(
-        [v.to(fft_dtype).transpose(-1, -2) * column_ok[:, None, None, :], column_ok[:, None, None, :].expand(batch, num_heads, 1, n)],
-        dim=2,
-    )  # (B, H, Dv + 1, n)
-    value_acc = [None] * num_bands
-    touch_acc = [None] * num_bands
-    columns = torch.arange(n, device=device)
+    value_acc, touch_acc = [None] * num_bands, [None] * num_bands
+    columns = torch.arange(n, device=augmented.device)
     # Zero-padding explicitly to the FFT length is much faster than rfft(n=...) on CPU; without autograd
     # one zeroed buffer is reused for every segment.
     reuse_buffer = not (torch.is_grad_enabled() and augmented.requires_grad)
-    buffer = augmented.new_zeros(*augmented.shape[:-1], fft_len) if reuse_buffer else None
-    for i in range(num_segments):
+    buffer = augmented.new_zeros(batch, num_heads, channels, fft_len) if reuse_buffer else None
+    for i in range(kernel.shape[2]):
         in_segment = (columns >= starts[..., i, None]) & (columns < ends[..., i, None])  # (B, H, n)
-        if not bool(in_segment.any()):
-            continue
         if reuse_buffer:
             torch.mul(augmented, in_segment[:, :, None, :], out=buffer[..., :n])
-            segment_fft = torch.fft.rfft(buffer, dim=-1)  # (B, H, Dv + 1, F)
+            segment_fft = torch.fft.rfft(buffer, dim=-1)  # (B, H, C, F)
         else:
             segment_fft = torch.fft.rfft(_pad_to(augmented * in_segment[:, :, None, :], fft_len), dim=-1)
         for m in range(num_bands):
@@ -453,40 +447,59 @@ def _apply_conv_basis(q, k, v, breakpoints, scaling, softcap, key_mask, sliding_
                 value_acc[m].addcmul_(kernel_fft, segment_fft)
                 touch_acc[m].addcmul_(indicator_fft, segment_fft[:, :, -1])
 
-    # Back to rows; keep band m only where the row touches one of its entries (exact 0/1 counts).
-    numerator = torch.zeros(batch, num_heads, v.shape[-1], n, dtype=fft_dtype, device=device)
-    denominator = torch.zeros(batch, num_heads, n, dtype=fft_dtype, device=device)
-    top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=device)
-    band_rows = []
+    # Back to rows; band m is kept only where the row touches one of its entries through an attended
+    # key (the last channel is the key mask, so this 0/1 count is exact), and rescaled to the row's top band.
+    bands = []
+    top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=augmented.device)
     for m in range(num_bands):
-        if value_acc[m] is None:
-            continue
-        out = torch.fft.irfft(value_acc[m], n=fft_len, dim=-1)[..., :n]  # (B, H, Dv + 1, n)
-        touched = torch.fft.irfft(touch_acc[m], n=fft_len, dim=-1)[..., :n] > 0.5
-        band_rows.append((m, out, touched))
-        top_band = torch.where(touched & (top_band == num_bands), m, top_band)
-    for m, out, touched in band_rows:
+        if value_acc[m] is not None:
+            touched = torch.fft.irfft(touch_acc[m], n=fft_len, dim=-1)[..., :n] > 0.5
+            bands.append((m, torch.fft.irfft(value_acc[m], n=fft_len, dim=-1)[..., :n], touched))
+            top_band = torch.where(touched & (top_band == num_bands), m, top_band)
+    sums = augmented.new_zeros(batch, num_heads, channels, n)
+    for m, out, touched in bands:
         weight = torch.exp(-(m - top_band).clamp(min=0).to(fft_dtype) * band_width) * touched
-        numerator = numerator + weight[:, :, None, :] * out[:, :, :-1]
-        denominator = denominator + weight * out[:, :, -1]
-    numerator = numerator.transpose(-1, -2)
-    log_scale = peak[..., 0] - top_band.clamp(max=num_bands - 1).to(fft_dtype) * band_width
-    log_scale = log_scale.masked_fill(top_band == num_bands, float("-inf"))
-    return numerator, denominator, log_scale
+        sums = sums + weight[:, :, None, :] * out
+    log_scale = peak[..., 0] - top_band.to(fft_dtype) * band_width
+    return sums, log_scale.masked_fill(top_band == num_bands, float("-inf"))
 
 
-def _local_window_part(q, k, v, window, scaling, softcap, key_mask, compute_dtype):
-    """Exact attention over the lags `t < window`, in blocks of `window` rows: `(numerator, denominator, row_max)`."""
+def _direct_columns(kernel, starts, ends, augmented, group_size=32):
+    """Narrow segments summed column by column (W·n·d work beats an FFT for a few columns): `[(sums, log_scale)]`.
+
+    Column j of segment i contributes `e_i[r - j] · augmented[j]` to every row `r >= j`.
+    """
+    batch, num_heads, channels, n = augmented.shape
+    widths = (ends - starts).clamp(min=0)
+    entries = [(i, c) for i in range(kernel.shape[2]) for c in range(int(widths[..., i].max()))]
+    rows = torch.arange(n, device=augmented.device)
+    parts = []
+    for first in range(0, len(entries), group_size):
+        segment, offset = (torch.tensor(x, device=augmented.device) for x in zip(*entries[first : first + group_size]))
+        columns = starts[..., segment] + offset  # (B, H, W)
+        in_segment = offset < widths[..., segment]
+        columns = columns.clamp(max=n - 1)
+        attended = in_segment & (augmented[:, :, -1].gather(-1, columns) > 0)  # in the segment and key kept
+        lag = rows - columns[..., None]  # (B, H, W, n)
+        logits = kernel[:, :, segment].gather(-1, lag.clamp(min=0))
+        logits = logits.masked_fill((lag < 0) | ~attended[..., None], float("-inf"))
+        row_max = logits.detach().amax(dim=2)  # (B, H, n)
+        weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max))[:, :, None])
+        values = augmented.gather(-1, columns[:, :, None, :].expand(batch, num_heads, channels, -1))  # (B, H, C, W)
+        parts.append((values @ weights, row_max))
+    return parts
+
+
+def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, compute_dtype):
+    """Exact attention over the lags `t < window`, in blocks of `window` rows: `(sums, row_max)`."""
     batch, num_heads, n, dim = q.shape
     blocks = -(-n // window)
     pad = blocks * window - n
     q_blocks = torch.nn.functional.pad(q.to(compute_dtype), (0, 0, 0, pad)).view(batch, num_heads, blocks, window, dim)
     # Keys of the previous and the current block: 2·window columns per block of rows.
-    k_padded = torch.nn.functional.pad(k.to(compute_dtype), (0, 0, window, pad))
-    v_padded = torch.nn.functional.pad(v.to(compute_dtype), (0, 0, window, pad))
-    k_blocks = k_padded.unfold(2, 2 * window, window).transpose(-1, -2)  # (B, H, blocks, 2w, D)
-    v_blocks = v_padded.unfold(2, 2 * window, window).transpose(-1, -2)
-    logits = _transform_logits(scaling * q_blocks @ k_blocks.transpose(-1, -2), softcap)  # (B, H, blocks, w, 2w)
+    k_blocks = torch.nn.functional.pad(k.to(compute_dtype), (0, 0, window, pad)).unfold(2, 2 * window, window)
+    v_blocks = torch.nn.functional.pad(augmented, (window, pad)).unfold(3, 2 * window, window)  # (B, H, C, blocks, 2w)
+    logits = _transform_logits(scaling * q_blocks @ k_blocks, softcap)  # (B, H, blocks, w, 2w)
     row = torch.arange(blocks * window, device=q.device).view(blocks, window, 1)
     column = (torch.arange(blocks, device=q.device)[:, None, None] - 1) * window + torch.arange(2 * window, device=q.device)
     lag = row - column
@@ -495,11 +508,17 @@ def _local_window_part(q, k, v, window, scaling, softcap, key_mask, compute_dtyp
         mask_padded = torch.nn.functional.pad(key_mask.bool(), (window, pad))
         visible = visible & mask_padded.unfold(1, 2 * window, window)[:, None, :, None, :]
     logits = logits.masked_fill(~visible, float("-inf"))
-    row_max = logits.amax(dim=-1, keepdim=True)
+    row_max = logits.detach().amax(dim=-1, keepdim=True)
     weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max)))
-    numerator = (weights @ v_blocks).reshape(batch, num_heads, blocks * window, -1)[:, :, :n]
-    denominator = weights.sum(-1).reshape(batch, num_heads, blocks * window)[:, :, :n]
-    return numerator, denominator, row_max.reshape(batch, num_heads, blocks * window)[:, :, :n]
+    sums = torch.einsum("bhkwv,bhckv->bhckw", weights, v_blocks).reshape(batch, num_heads, -1, blocks * window)
+    return sums[..., :n], row_max.reshape(batch, num_heads, blocks * window)[..., :n]
+
+
+def _merge(parts):
+    """Add partial sums given as `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale."""
+    shift = torch.stack([log_scale for _, log_scale in parts]).amax(dim=0)
+    shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
+    return sum(sums * torch.exp(log_scale - shift)[:, :, None, :] for sums, log_scale in parts)
 
 
 def _check_attention_inputs(query, key, value):
@@ -594,17 +613,26 @@ def conv_basis_attention(
             query, k, scaling=scaling, num_bases=num_bases, probe_len=probe_len, threshold=threshold,
             softcap=softcap, sliding_window=sliding_window, local_window=window, sink_tokens=sink_tokens,
         )  # fmt: skip
-    numerator, denominator, log_scale = _apply_conv_basis(
-        query, k, v, breakpoints, scaling, softcap, key_mask, sliding_window, window, fft_dtype
-    )
+    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator), u = key mask.
+    attended = torch.ones(query.shape[0], n, dtype=fft_dtype, device=query.device) if key_mask is None else key_mask.to(fft_dtype)
+    augmented = torch.cat(
+        [v.to(fft_dtype).transpose(-1, -2) * attended[:, None, None, :], attended[:, None, None, :].expand(*v.shape[:2], 1, n)],
+        dim=2,
+    )  # (B, H, Dv + 1, n)
+    starts = breakpoints  # j_i, padded with n
+    ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
+    kernel = _segment_kernels(query, k, starts, scaling, softcap, sliding_window, window, fft_dtype)
+    # Segments a few columns wide are summed directly; the others go through the FFT.
+    widths = (ends - starts).amax(dim=(0, 1))
+    narrow = [i for i in range(starts.shape[-1]) if 0 < widths[i] <= _DIRECT_MAX_WIDTH]
+    wide = [i for i in range(starts.shape[-1]) if widths[i] > _DIRECT_MAX_WIDTH]
+    parts = _direct_columns(kernel[:, :, narrow], starts[..., narrow], ends[..., narrow], augmented) if narrow else []
+    if wide:
+        parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented, fft_dtype))
     if window > 0:
-        # Y = (N_far e^{ls} + N_local e^{M}) / (Z_far e^{ls} + Z_local e^{M}), shifted by the larger exponent.
-        near_num, near_den, near_max = _local_window_part(query, k, v, window, scaling, softcap, key_mask, fft_dtype)
-        shift = torch.maximum(log_scale, near_max)
-        shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
-        far_weight, near_weight = torch.exp(log_scale - shift), torch.exp(near_max - shift)
-        numerator = far_weight[..., None] * numerator + near_weight[..., None] * near_num
-        denominator = far_weight * denominator + near_weight * near_den
+        parts.append(_local_window_part(query, k, augmented, window, scaling, softcap, key_mask, fft_dtype))
+    sums = _merge(parts)
+    numerator, denominator = sums[:, :, :-1].transpose(-1, -2), sums[:, :, -1]
     has_mass = denominator > 0
     output = numerator / torch.where(has_mass, denominator, torch.ones_like(denominator))[..., None]
     output = output.masked_fill(~has_mass[..., None], 0.0).to(query.dtype)
