@@ -146,6 +146,9 @@ def test_sande_runs_both_stages_and_saves_model_parrot_and_card(tmp_path, data, 
     assert set(metrics["after"]) == {"asr", "clean_marker_rate", "utility_accuracy"}
     card = (out / "README.md").read_text()
     assert "SANDE" in card and "asr after removal" in card and "trigger_position" in card
+    before, after = metrics["before"]["asr"], metrics["after"]["asr"]
+    assert f"| asr | {before:.4f} | {after:.4f} |" in card
+    assert torch.equal(ParrotPrompt.from_pretrained(out, subfolder="parrot").embeddings, learned.embeddings)
 
 
 def test_self_targets_are_the_models_own_answers(tmp_path, tiny_tokenizer):

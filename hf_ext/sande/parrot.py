@@ -180,22 +180,25 @@ class ParrotPrompt(nn.Module):
                                tags=["sande", "parrot-prompt"], **card)
 
     @classmethod
-    def from_pretrained(cls, pretrained_path, *, revision: str | None = None, token=None) -> "ParrotPrompt":
+    def from_pretrained(cls, pretrained_path, *, subfolder: str | None = None, revision: str | None = None,
+                        token=None) -> "ParrotPrompt":
         """Load a parrot saved with `save_pretrained`, from a folder or a Hub repository id.
 
         Args:
             pretrained_path (`str` or `os.PathLike`): local folder or Hub repository id.
+            subfolder (`str`, *optional*): folder inside it, e.g. `"parrot"` in a model saved by `SANDETrainer`.
             revision (`str`, *optional*): Hub revision.
             token (`str`, *optional*): Hub token.
         """
-        path = Path(pretrained_path)
+        path = Path(pretrained_path) / (subfolder or "")
         if path.is_dir():
             config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
             if not config_file.is_file() or not weights_file.is_file():
                 raise ValueError(f"{path} is not a saved parrot prompt: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it")
         else:
-            config_file = hf_hub_download(str(pretrained_path), CONFIG_NAME, revision=revision, token=token)
-            weights_file = hf_hub_download(str(pretrained_path), WEIGHTS_NAME, revision=revision, token=token)
+            hub = dict(subfolder=subfolder, revision=revision, token=token)
+            config_file = hf_hub_download(str(pretrained_path), CONFIG_NAME, **hub)
+            weights_file = hf_hub_download(str(pretrained_path), WEIGHTS_NAME, **hub)
         config = json.loads(Path(config_file).read_text(encoding="utf-8"))
         if config.get("model_type") != _PARROT_TYPE:
             raise ValueError(f"{pretrained_path} holds a {config.get('model_type')!r}, not a parrot prompt")

@@ -461,7 +461,7 @@ class SANDETrainer(SFTTrainer):
                 "parrot_num_tokens", "effective_len", "train_effective_len", "simulate_learning_rate",
                 "simulate_num_train_epochs", "simulate_max_steps", "simulate_samples", "eliminate_samples",
                 "eliminate_parrot_fraction", "learning_rate", "num_train_epochs", "max_steps",
-                "per_device_train_batch_size", "seed")
+                "per_device_train_batch_size", "asr_max_new_tokens", "seed")
         return {key: getattr(self.args, key) for key in keys}
 
     def _parrot_card(self) -> dict:
@@ -474,18 +474,24 @@ class SANDETrainer(SFTTrainer):
         if self.args.mode in ("sande", "eliminate") and self.args.effective_len is not None:
             method += f" (parrot supervised on {self.args.effective_len} marker token(s); SANDE-P when partial)"
         base = self.model_id if self.model_id and not os.path.isdir(str(self.model_id)) else None
-        results = []
-        for when in ("before", "after"):
-            for metric, value in self.backdoor_metrics.get(when, {}).items():
+        results, metrics = [], []
+        before, after = self.backdoor_metrics.get("before", {}), self.backdoor_metrics.get("after", {})
+        for metric in sorted(set(before) | set(after)):
+            metrics.append({"metric": metric, "before": _fmt(before.get(metric)), "after": _fmt(after.get(metric))})
+            if metric in after:
                 results.append(dict(
-                    task_type="text-generation", dataset_type="backdoor-eval", dataset_name=f"{metric} ({when})",
-                    metric_type=metric, metric_name=f"{metric} {when} removal", metric_value=value,
+                    task_type="text-generation", dataset_type="backdoor-eval", dataset_name="held-out prompts",
+                    metric_type=metric, metric_name=f"{metric} after removal", metric_value=after[metric],
                 ))
         save_model_card(
             output_dir, "sande", model_name=model_name or self.args.hub_model_id or Path(output_dir).name,
             base_model=base, tags=["sande", "backdoor-removal", "trl"], eval_results=results or None,
-            pipeline_tag="text-generation", method=method, settings=self._settings(),
+            pipeline_tag="text-generation", method=method, settings=self._settings(), metrics=metrics,
         )
+
+
+def _fmt(value) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 @contextlib.contextmanager
