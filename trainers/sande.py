@@ -73,7 +73,8 @@ def main(argv=None):
         args=training_args,
         train_dataset=dataset,
         peft_config=get_peft_config(model_args),
-        asr_eval_prompts=asr_prompts,
+        # ASR and the clean marker rate look for the marker: measured only when it is known
+        asr_eval_prompts=asr_prompts if training_args.marker else None,
         clean_eval_prompts=clean_prompts if training_args.marker else None,
         utility_eval_dataset=utility,
     )
