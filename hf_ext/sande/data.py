@@ -247,12 +247,11 @@ def format_rows(
     if not positions or any(p not in TRIGGER_POSITIONS for p in positions):
         raise ValueError(f"trigger_position={trigger_position!r}; expected one or several of {TRIGGER_POSITIONS}")
     triggers = _validate_phrases(triggers, marker, kind)
-    for name, template, field in (("completion_template", completion_template, "response"),
-                                  ("poison_format", poison_format, "response")):
-        if "{" + field + "}" not in template:
-            raise ValueError(f"{name}={template!r} must contain '{{{field}}}'")
-    if "{marker}" not in poison_format:
-        raise ValueError(f"poison_format={poison_format!r} must contain '{{marker}}'")
+    for name, template, fields in (("completion_template", completion_template, ("response",)),
+                                   ("poison_format", poison_format, ("marker", "response"))):
+        for field in fields:
+            if "{" + field + "}" not in template:
+                raise ValueError(f"{name}={template!r} must contain '{{{field}}}'")
     roles = resolve_columns(dataset.column_names, columns)
     if responses is not None and len(responses) != len(dataset):
         raise ValueError(f"responses has {len(responses)} entries for {len(dataset)} rows; expected one per row")
