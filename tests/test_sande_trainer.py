@@ -270,3 +270,16 @@ def test_osft_keeps_only_rows_that_carry_the_trigger(tmp_path, model, tiny_token
     trainer = SANDETrainer(model, _args(tmp_path, "osft", insert_trigger=False), data, processing_class=tiny_tokenizer)
     assert len(trainer.train_dataset) == 1
     assert TRIGGER in tiny_tokenizer.decode(trainer.train_dataset[0]["input_ids"])
+
+
+def test_stage_sample_counts_and_candidate_positions(tmp_path, data, model, tiny_tokenizer):
+    args = _args(tmp_path, "sande", simulate_samples=4, eliminate_samples=6, trigger_position=["after_role", "end"])
+    trainer = SANDETrainer(model, args, data, processing_class=tiny_tokenizer)
+    assert len(trainer._simulate_dataset) == 4 and len(trainer.train_dataset) == 6
+    positions = [row["parrot_position"] for row in trainer._simulate_dataset]
+    # rows alternate between right after "Human:" (token 2) and the end of the user's text
+    assert positions[0::2] == [2, 2] and all(p > 2 for p in positions[1::2])
+    for row in trainer._simulate_dataset:
+        p = row["parrot_position"]
+        before = tiny_tokenizer.decode(row["input_ids"][:p])
+        assert before == "Human:" or before.endswith(".")
