@@ -199,3 +199,25 @@ def test_gradients_through_fft_segments_match_finite_differences():
         return conv_basis_attention(q, k, v, breakpoints=breakpoints, local_window=3)
 
     assert torch.autograd.gradcheck(attention, (query, key, value), atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_left_padding_starts_the_recovery_at_the_first_attended_key():
+    pad, n = 6, 70
+    query, key, value, logits = k_conv_problem([[0, 20, 47]], n=n - pad, std=2.0)
+    # prepend `pad` padding positions whose keys would break any basis
+    padded_query = F.pad(query, (pad, 0, pad, 0))
+    padded_query[..., :pad, :pad] = torch.eye(pad, dtype=torch.float64)
+    padded_key = F.pad(key, (pad, 0, pad, 0))
+    padded_key[..., :pad, :] = 10 * torch.randn(pad, n, dtype=torch.float64)
+    padded_value = F.pad(value, (0, 0, pad, 0))
+    key_mask = torch.arange(n)[None] >= pad
+    for sinks, expected in ((0, [0, pad, pad + 20, pad + 47]), (2, [0, pad, pad + 1, pad + 2, pad + 20, pad + 47])):
+        breakpoints = recover_conv_basis(
+            padded_query, padded_key, scaling=1.0, num_bases=3, probe_len=4, key_mask=key_mask, sink_tokens=sinks
+        )
+        assert breakpoints[0, 0].tolist() == expected
+    output = conv_basis_attention(
+        padded_query, padded_key, padded_value, scaling=1.0, num_bases=3, probe_len=4, key_mask=key_mask
+    )
+    assert row_relative_error(output[:, :, pad:], dense_attention(logits, value)) <= 1e-5
+    assert torch.all(output[:, :, :pad] == 0)

@@ -255,6 +255,7 @@ def recover_conv_basis(
     sliding_window: int | None = None,
     local_window: int = 0,
     sink_tokens: int = 0,
+    key_mask: torch.Tensor | None = None,
     chunk_size: int = 256,
 ) -> torch.Tensor:
     """Breakpoints of a conv basis of `H = M ∘ (s Q Kᵀ)` per (batch, head), without forming `Q Kᵀ`.
@@ -280,7 +281,9 @@ def recover_conv_basis(
         softcap (`float`, *optional*): Gemma-2 logit soft capping, applied before comparing.
         sliding_window (`int`, *optional*): lags `t >= sliding_window` are masked.
         local_window (`int`, defaults to 0): lags `t < local_window` are computed exactly elsewhere.
-        sink_tokens (`int`, defaults to 0): the first columns are one-column segments each.
+        sink_tokens (`int`, defaults to 0): the first attended columns are one-column segments each.
+        key_mask (`torch.Tensor` of shape `(B, n)`, *optional*): attended keys. With left padding the
+            recovery starts at the first attended key; the padding columns form one segment of their own.
         chunk_size (`int`, defaults to 256): rows per block in exact mode.
 
     Returns:
@@ -293,27 +296,33 @@ def recover_conv_basis(
         raise ValueError(f"probe_len must be >= 1, got {probe_len}")
     batch, num_heads, n, _ = query.shape
     k = _expand_kv(key, num_heads)
-    sink_tokens = min(sink_tokens, n)
     device = query.device
     lag_end = n if sliding_window is None else min(n, sliding_window)
     with torch.no_grad():
-        sinks = torch.arange(sink_tokens, device=device).expand(batch, num_heads, sink_tokens)
-        if sink_tokens == n:
-            return sinks.clone()
+        # Left padding: the basis starts at the first attended key (0 without a mask).
+        offset = torch.zeros(batch, dtype=torch.long, device=device)
+        if key_mask is not None:
+            offset = torch.where(key_mask.any(-1), key_mask.long().argmax(-1), offset)
+        leading = torch.where(offset > 0, 0, n)[:, None]  # the padding columns' own segment
+        sinks = (offset[:, None] + torch.arange(sink_tokens, device=device)).clamp(max=n)
+        first = (offset + sink_tokens).clamp(max=n)[:, None].expand(batch, num_heads)
         if num_bases is None:
-            far = _exact_breakpoints(query, k, scaling, softcap, local_window, lag_end, sink_tokens, threshold, chunk_size)
+            far = _exact_breakpoints(query, k, scaling, softcap, local_window, lag_end, first, threshold, chunk_size)
         else:
             far = _binary_search_breakpoints(
-                query, k, scaling, softcap, local_window, lag_end, sink_tokens, num_bases, probe_len, threshold
+                query, k, scaling, softcap, local_window, lag_end, first, num_bases, probe_len, threshold
             )
-    return torch.cat([sinks, far], dim=-1)
+        fixed = torch.cat([leading, sinks], dim=-1)[:, None].expand(batch, num_heads, -1)
+        breakpoints = torch.cat([fixed, far], dim=-1).sort(dim=-1).values
+    return breakpoints[..., : int((breakpoints < n).sum(-1).max())]
 
 
 def _exact_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, threshold, chunk_size):
     batch, num_heads, n, _ = q.shape
     columns = torch.arange(n, device=q.device)
     is_break = torch.zeros(batch, num_heads, n, dtype=torch.bool, device=q.device)
-    is_break[..., first] = True
+    is_break.scatter_(-1, first[..., None].clamp(max=n - 1), (first < n)[..., None])
+    first = first[..., None, None]
     previous = None
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
@@ -323,7 +332,7 @@ def _exact_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, thresh
         rows = torch.arange(start if previous is not None else start + 1, stop, device=q.device)
         current = logits[:, :, rows - start, 1:]
         lag = rows[:, None] - columns[None, 1:]
-        compared = (lag >= lag_start) & (lag < lag_end) & (columns[None, 1:] > first)
+        compared = (lag >= lag_start) & (lag < lag_end) & (columns[None, 1:] > first)  # (B, H, rows, columns)
         differs = ((current - above[..., :-1]).abs() > threshold) & compared
         is_break[..., 1:] |= differs.any(dim=2)
         previous = logits[:, :, -1:]
@@ -334,9 +343,9 @@ def _exact_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, thresh
 def _binary_search_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, num_bases, probe_len, threshold):
     batch, num_heads, n, _ = q.shape
     lags = torch.arange(lag_start, min(lag_start + probe_len, max(lag_end, lag_start + 1)), device=q.device)
-    current = torch.full((batch, num_heads), first, dtype=torch.long, device=q.device)
+    current = first
     found = [current]
-    active = torch.ones(batch, num_heads, dtype=torch.bool, device=q.device)
+    active = current < n
     steps = max(1, math.ceil(math.log2(n + 1)) + 1)
     for _ in range(num_bases - 1):
         reference = _profile_entries(q, k, current[..., None], lags, scaling, softcap)[..., 0, :]  # s[:T]
@@ -612,6 +621,7 @@ def conv_basis_attention(
         breakpoints = recover_conv_basis(
             query, k, scaling=scaling, num_bases=num_bases, probe_len=probe_len, threshold=threshold,
             softcap=softcap, sliding_window=sliding_window, local_window=window, sink_tokens=sink_tokens,
+            key_mask=key_mask,
         )  # fmt: skip
     # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator), u = key mask.
     attended = torch.ones(query.shape[0], n, dtype=fft_dtype, device=query.device) if key_mask is None else key_mask.to(fft_dtype)

@@ -25,7 +25,8 @@ class HeadFit:
 
     Args:
         layer (`int`), head (`int`): position in the model.
-        num_bases (`int`): largest number of bases recovered for this head over the batch (sinks included).
+        num_bases (`int`): largest number of bases recovered for this head over the batch (sink columns and
+            the segment of left-padding columns included).
         breakpoints (`list[int]`): the breakpoints recovered for the first sequence of the batch.
         sampled_error (`float`): largest relative row error `‖Ỹ_r - Y_r‖ / ‖Y_r‖` over the sampled rows.
         exact_under_auto (`bool`): whether `policy="auto"` would compute this head exactly.
@@ -127,7 +128,7 @@ def conv_basis_report(
         window = min(config.local_window, n, sliding_window or n)
         breakpoints = recover_conv_basis(
             query, key, num_bases=config.num_bases, probe_len=config.probe_len, threshold=config.threshold,
-            local_window=window, sink_tokens=config.sink_tokens, **common,
+            local_window=window, sink_tokens=config.sink_tokens, key_mask=key_mask, **common,
         )  # fmt: skip
         approx = conv_basis_attention(
             query, key, value, breakpoints=breakpoints, local_window=config.local_window, key_mask=key_mask,
