@@ -499,28 +499,40 @@ def _direct_columns(kernel, starts, ends, augmented, group_size=32):
     return parts
 
 
-def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, compute_dtype):
-    """Exact attention over the lags `t < window`, in blocks of `window` rows: `(sums, row_max)`."""
+def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, max_elements=2**24):
+    """Exact attention over the lags `t < window`, in blocks of `window` rows: `(sums, row_max)`.
+
+    Each block of rows sees the keys of its own and the previous block (2·window columns); groups of
+    blocks keep the logits under `max_elements` entries. Computed in the input precision (at least fp32).
+    """
     batch, num_heads, n, dim = q.shape
+    dtype = torch.promote_types(q.dtype, torch.float32)
     blocks = -(-n // window)
     pad = blocks * window - n
-    q_blocks = torch.nn.functional.pad(q.to(compute_dtype), (0, 0, 0, pad)).view(batch, num_heads, blocks, window, dim)
-    # Keys of the previous and the current block: 2·window columns per block of rows.
-    k_blocks = torch.nn.functional.pad(k.to(compute_dtype), (0, 0, window, pad)).unfold(2, 2 * window, window)
+    q_blocks = torch.nn.functional.pad(q.to(dtype), (0, 0, 0, pad)).view(batch, num_heads, blocks, window, dim)
+    k_blocks = torch.nn.functional.pad(k.to(dtype), (0, 0, window, pad)).unfold(2, 2 * window, window)  # (B, H, blocks, D, 2w)
     v_blocks = torch.nn.functional.pad(augmented, (window, pad)).unfold(3, 2 * window, window)  # (B, H, C, blocks, 2w)
-    logits = _transform_logits(scaling * q_blocks @ k_blocks, softcap)  # (B, H, blocks, w, 2w)
-    row = torch.arange(blocks * window, device=q.device).view(blocks, window, 1)
-    column = (torch.arange(blocks, device=q.device)[:, None, None] - 1) * window + torch.arange(2 * window, device=q.device)
-    lag = row - column
-    visible = ((lag >= 0) & (lag < window) & (column >= 0))[None, None]
+    mask_blocks = None
     if key_mask is not None:
-        mask_padded = torch.nn.functional.pad(key_mask.bool(), (window, pad))
-        visible = visible & mask_padded.unfold(1, 2 * window, window)[:, None, :, None, :]
-    logits = logits.masked_fill(~visible, float("-inf"))
-    row_max = logits.detach().amax(dim=-1, keepdim=True)
-    weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max)))
-    sums = torch.einsum("bhkwv,bhckv->bhckw", weights, v_blocks).reshape(batch, num_heads, -1, blocks * window)
-    return sums[..., :n], row_max.reshape(batch, num_heads, blocks * window)[..., :n]
+        mask_blocks = torch.nn.functional.pad(key_mask.bool(), (window, pad)).unfold(1, 2 * window, window)
+    group = max(1, max_elements // (batch * num_heads * 2 * window * window))
+    sums, row_maxes = [], []
+    for first in range(0, blocks, group):
+        chosen = slice(first, min(first + group, blocks))
+        logits = _transform_logits(scaling * q_blocks[:, :, chosen] @ k_blocks[:, :, chosen], softcap)  # (B, H, g, w, 2w)
+        block = torch.arange(chosen.start, chosen.stop, device=q.device)[:, None, None]
+        row = block * window + torch.arange(window, device=q.device)[:, None]
+        column = (block - 1) * window + torch.arange(2 * window, device=q.device)
+        lag = row - column
+        visible = ((lag >= 0) & (lag < window) & (column >= 0))[None, None]
+        if mask_blocks is not None:
+            visible = visible & mask_blocks[:, None, chosen, None, :]
+        logits = logits.masked_fill(~visible, float("-inf"))
+        row_max = logits.detach().amax(dim=-1, keepdim=True)
+        weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max)))
+        sums.append(torch.einsum("bhkwv,bhckv->bhckw", weights, v_blocks[:, :, :, chosen].to(dtype)).flatten(-2))
+        row_maxes.append(row_max.flatten(-3))
+    return torch.cat(sums, -1)[..., :n].to(augmented.dtype), torch.cat(row_maxes, -1)[..., :n].to(augmented.dtype)
 
 
 def _merge(parts):
@@ -640,7 +652,7 @@ def conv_basis_attention(
     if wide:
         parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented, fft_dtype))
     if window > 0:
-        parts.append(_local_window_part(query, k, augmented, window, scaling, softcap, key_mask, fft_dtype))
+        parts.append(_local_window_part(query, k, augmented, window, scaling, softcap, key_mask))
     sums = _merge(parts)
     numerator, denominator = sums[:, :, :-1].transpose(-1, -2), sums[:, :, -1]
     has_mass = denominator > 0
