@@ -140,3 +140,20 @@ def test_to_image_tensor_ranges():
     assert to_image_tensor(signed, value_range=(-1.0, 1.0)).flatten().tolist() == [0.0, 0.5, 1.0]
     with pytest.raises(ValueError, match="floating point"):
         to_image_tensor(torch.zeros(1, 3, 4, 4, dtype=torch.uint8))
+
+
+def test_evaluate_module_matches_functions():
+    import evaluate
+
+    import hf_ext.metrics.image_quality as image_quality
+
+    rng = np.random.default_rng(0)
+    predictions = [Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)) for _ in range(2)]
+    references = [Image.fromarray(rng.integers(0, 256, (20, 16, 3), dtype=np.uint8)) for _ in range(2)]
+    masks = np.zeros((2, 20, 16))
+    masks[:, 6:14, 4:12] = 1
+    metric = evaluate.load(image_quality.__file__)
+    scores = metric.compute(predictions=predictions, references=references, masks=masks)
+    expected = pose_transfer_metrics(predictions, references, masks=masks)
+    assert scores == pytest.approx(expected)
+    assert set(scores) == {"ssim", "psnr", "person_ssim"}

@@ -11,12 +11,17 @@ the SSIM map; the local-crop and person scores are its mean over the windows cen
 crop boxes (`hf_ext.pose.keypoints.keypoint_crops`) or inside the person mask, so they are
 defined at any resolution, even where a crop is smaller than the window.
 
+`PoseTransferQuality` wraps `pose_transfer_metrics` as an `evaluate` metric:
+`evaluate.load(hf_ext.metrics.image_quality.__file__)`.
+
 LPIPS and FID need pretrained networks: `optional_perceptual_metrics` computes them with
 torchmetrics only when their weights are already on disk and otherwise says why it skipped them.
 """
 
 import os
 
+import datasets
+import evaluate
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -263,3 +268,52 @@ def optional_perceptual_metrics(predictions, targets, reference_set=None, value_
         logger.warning(f"{key.upper()} skipped: {reason} (no download is attempted)")
     results["skipped"] = skipped
     return results
+
+
+_DESCRIPTION = (
+    "Pose-transfer image quality: SSIM (11x11 Gaussian window, no padding), PSNR, SSIM on keypoint crops "
+    "(face, hands, feet, torso) and SSIM on the person's region."
+)
+
+_KWARGS_DESCRIPTION = """
+Args:
+    predictions (`list[PIL.Image.Image]`): generated images.
+    references (`list[PIL.Image.Image]`): ground-truth images of the same sizes.
+    keypoints (`array-like`, *optional*): (N, 18, 2) target poses in pixels, for `local_ssim`.
+    masks (`array-like`, *optional*): (N, H, W) person masks of the references, for `person_ssim`.
+Returns:
+    ssim (`float`), psnr (`float`, dB), and `local_ssim` / `person_ssim` (`float`) when keypoints / masks are given:
+    means over the images.
+"""
+
+_CITATION = """\
+@article{wang2004ssim,
+  title={Image quality assessment: from error visibility to structural similarity},
+  author={Wang, Zhou and Bovik, Alan C. and Sheikh, Hamid R. and Simoncelli, Eero P.},
+  journal={IEEE Transactions on Image Processing},
+  year={2004}
+}
+"""
+
+
+@evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
+class PoseTransferQuality(evaluate.Metric):
+    """`evaluate` front end of `pose_transfer_metrics`:
+    `evaluate.load(hf_ext.metrics.image_quality.__file__).compute(predictions=..., references=...)`."""
+
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features({"predictions": datasets.Image(), "references": datasets.Image()}),
+        )
+
+    def _compute(self, predictions, references, keypoints=None, masks=None):
+        if len(predictions) == 0:
+            raise ValueError("predictions is empty; expected at least one image")
+        if masks is not None:
+            masks = np.asarray(masks)
+        if keypoints is not None:
+            keypoints = np.asarray(keypoints, dtype=np.float32)
+        return pose_transfer_metrics(predictions, references, keypoints=keypoints, masks=masks)
