@@ -111,6 +111,7 @@ class PoseTransferTrainingConfig:
         crop_size (`int`, *optional*, defaults to 32): side of the keypoint crops fed to the local terms.
         discriminator_channels (`int`, *optional*, defaults to 64), discriminator_scales (`int`, *optional*,
             defaults to 2): global discriminator size.
+        local_discriminator_channels (`int`, *optional*, defaults to 32): base channels of each local discriminator.
         ema_decay (`float`, *optional*, defaults to 0.999): decay of the generator's moving average (with warm-up).
 
     > Parameters that control checkpoints, samples and the Hub
@@ -171,6 +172,7 @@ class PoseTransferTrainingConfig:
     crop_size: int = field(default=32, metadata={"help": "Side of the keypoint crops."})
     discriminator_channels: int = field(default=64, metadata={"help": "Global discriminator base channels."})
     discriminator_scales: int = field(default=2, metadata={"help": "Global discriminator scales."})
+    local_discriminator_channels: int = field(default=32, metadata={"help": "Local discriminators' base channels."})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the generator."})
 
     checkpoint_every_images: int = field(default=0, metadata={"help": "Checkpoint interval in images (0: phase ends)."})
@@ -383,13 +385,19 @@ def train_pose_transfer(
             defaults to `load_training_dataset(config)`.
         sample_dataset (`datasets.Dataset`, *optional*): pairs for the sample grids (the first `num_samples` rows);
             defaults to `train_dataset`.
-        accelerator (`Accelerator`, *optional*): defaults to one that tolerates the stages' unused parameters.
+        accelerator (`Accelerator`, *optional*): defaults to one that tolerates the stages' unused parameters
+            (`find_unused_parameters=True`); pass your own with that setting when running several processes.
 
     Returns:
         `PoseTransferTrainingOutput`: the pipeline (EMA weights) and the final trainer state.
     """
     if accelerator is None:
-        accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        # Stages below the final one leave parameters unused, which DDP must be told about. Without a GPU
+        # (or other accelerator) `cpu=True` lets accelerate run several launched processes over gloo.
+        accelerator = Accelerator(
+            cpu=not torch.accelerator.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
     if train_dataset is None:
         train_dataset = load_training_dataset(config)
     if len(train_dataset) == 0:
@@ -409,7 +417,7 @@ def train_pose_transfer(
             base_channels=config.discriminator_channels,
             num_scales=config.discriminator_scales,
         ) if config.adversarial_stages else None
-        local_discriminator = LocalPatchDiscriminator(parts=CROP_PARTS) if config.adversarial_stages and use_local else None
+        local_discriminator = LocalPatchDiscriminator(parts=CROP_PARTS, base_channels=config.local_discriminator_channels) if config.adversarial_stages and use_local else None
         state = PoseTransferTrainerState()
     else:
         logger.info(f"Resuming from {checkpoint}")
@@ -424,6 +432,9 @@ def train_pose_transfer(
             state = PoseTransferTrainerState(**json.load(f)["state"])
         state.stopped_by_budget = False  # a resumed run continues under the new budget
     ema.requires_grad_(False).eval()
+    for model in (generator, discriminator, local_discriminator):
+        if model is not None:
+            model.train()  # from_pretrained returns eval mode; spectral norm iterates only in training mode
 
     critics = [m for m in (discriminator, local_discriminator) if m is not None]
     optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2))
@@ -620,7 +631,9 @@ def _save_checkpoint(config, accelerator, generator, ema, discriminator, local_d
         if d_optimizer is not None:
             _save_optimizer(d_optimizer, os.path.join(partial, "discriminator_optimizer"))
         with open(os.path.join(partial, _STATE_FILE), "w", encoding="utf-8") as f:
-            json.dump({"state": asdict(state), "config": asdict(config)}, f, indent=2)
+            json.dump(
+                {"state": asdict(state), "config": asdict(config), "num_processes": accelerator.num_processes}, f, indent=2
+            )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
         for old in _list_checkpoints(config.output_dir)[: -config.save_total_limit]:
