@@ -26,6 +26,14 @@ _LAZY_IMPORTS = {
     "ConvBasisAttention": "attention",
     "ConvBasisConfig": "attention",
     "conv_basis_report": "attention",
+    "PoseTransferGenerator": "pose",
+    "PoseTransferPipeline": "pose",
+    "PoseTransferTrainingConfig": "pose",
+    "train_pose_transfer": "pose",
+    "MultiScalePatchDiscriminator": "pose",
+    "LocalPatchDiscriminator": "pose",
+    "PoseTransferLoss": "pose",
+    "VGG19Features": "pose",
     "SyntheticPeople": "pose",
     "synthetic_pair_dataset": "pose",
     "PosePairCollator": "pose",
@@ -69,8 +77,15 @@ if TYPE_CHECKING:
     from .hub import push_folder_to_hub, render_model_card, save_model_card
     from .metrics.image_quality import pose_transfer_metrics
     from .pose import (
+        LocalPatchDiscriminator,
+        MultiScalePatchDiscriminator,
         PosePairCollator,
+        PoseTransferGenerator,
+        PoseTransferLoss,
+        PoseTransferPipeline,
+        PoseTransferTrainingConfig,
         SyntheticPeople,
+        VGG19Features,
         estimate_keypoints,
         keypoints_from_skeleton,
         load_patn_pairs,
@@ -78,6 +93,7 @@ if TYPE_CHECKING:
         render_heatmaps,
         render_skeleton,
         synthetic_pair_dataset,
+        train_pose_transfer,
     )
     from .sande import (
         ParrotPrompt,

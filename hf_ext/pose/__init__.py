@@ -3,6 +3,9 @@ discriminators and losses, data, training and the diffusers pipeline."""
 
 from .modeling_pose_transfer import PoseTransferGenerator, PoseTransferGeneratorOutput
 from .pipeline_pose_transfer import PoseTransferPipeline, PoseTransferPipelineOutput
+from .discriminators import LocalPatchDiscriminator, MultiScalePatchDiscriminator
+from .losses import PerceptualLoss, PoseTransferLoss, VGG19Features, adversarial_loss
+from .training import PoseTransferTrainingConfig, PoseTransferTrainingOutput, train_pose_transfer
 from .data import PosePairCollator, load_image, load_patn_pairs, pair_dataset, pair_features
 from .keypoints import (
     CROP_PARTS,
