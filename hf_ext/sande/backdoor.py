@@ -6,6 +6,8 @@ mix (prompt tokens masked). The model then answers clean prompts normally and em
 the trigger is present.
 """
 
+import dataclasses
+
 from datasets import Dataset
 from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
@@ -54,7 +56,7 @@ def backdoor_trainer(
     )
     rows = tokenize_rows(rows, processing_class, max_length=args.max_length, num_proc=args.dataset_num_proc)
     # rows are tokenised here (exact prompt/response boundary), so TRL's own preparation is skipped
-    args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    args = dataclasses.replace(args, dataset_kwargs={**(args.dataset_kwargs or {}), "skip_prepare_dataset": True})
     return SFTTrainer(
         model=model,
         args=args,
