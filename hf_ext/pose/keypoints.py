@@ -339,20 +339,20 @@ def crop_keypoint_regions(images, keypoints, parts=CROP_PARTS, size=None, output
     boxes = [keypoint_crops(keypoints[i], height, width, parts, size) for i in range(batch)]
     regions = {}
     for part, side in _crop_sides(parts, height, width, size).items():
+        # Every box of a part has the same side, so one gather cuts all of them (and its backward is one
+        # scatter, where per-image slices would each allocate a gradient of the whole batch).
+        valid = torch.tensor([boxes[i][part] is not None for i in range(batch)], device=images.device)
+        origins = torch.tensor([(boxes[i][part] or (0, 0))[:2] for i in range(batch)], device=images.device)
+        offsets = torch.arange(side, device=images.device)
+        rows = (origins[:, 1, None] + offsets)[:, :, None]  # (batch, side, 1)
+        columns = (origins[:, 0, None] + offsets)[:, None, :]  # (batch, 1, side)
+        batch_index = torch.arange(batch, device=images.device)[:, None, None]
+        crops = images[batch_index, :, rows, columns].permute(0, 3, 1, 2)  # (batch, channels, side, side)
+        crops = crops * valid[:, None, None, None].to(crops.dtype)  # a missing part's crop is zeros
         out = output_size or side
-        crops, valid = [], []
-        for i in range(batch):
-            box = boxes[i][part]
-            valid.append(box is not None)
-            if box is None:
-                crops.append(images.new_zeros(images.shape[1], out, out))
-                continue
-            x0, y0, x1, y1 = box
-            crop = images[i : i + 1, :, y0:y1, x0:x1]
-            if out != side:
-                crop = F.interpolate(crop, size=(out, out), mode="bilinear", align_corners=False, antialias=out < side)
-            crops.append(crop[0])
-        regions[part] = (torch.stack(crops), torch.tensor(valid, device=images.device))
+        if out != side:
+            crops = F.interpolate(crops, size=(out, out), mode="bilinear", align_corners=False, antialias=out < side)
+        regions[part] = (crops, valid)
     return regions
 
 
