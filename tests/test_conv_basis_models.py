@@ -192,3 +192,16 @@ def test_fp32_model_matches_its_fp64_run_per_layer(fft_precision):
         double = model.double()(input_ids, output_hidden_states=True).hidden_states
     for got, want in zip(single[1:], double[1:]):
         assert ((got.double() - want).norm(dim=-1) / want.norm(dim=-1)).max().item() <= 1e-3
+
+
+def test_auto_policy_falls_back_to_exact_attention_on_content_dependent_heads():
+    model = tiny_causal_lm("llama")
+    input_ids = torch.randint(3, 512, (1, 40))
+    with torch.no_grad():
+        expected = model(input_ids).logits  # sdpa
+        enable_conv_basis(model, num_bases=2, policy="auto", auto_tolerance=1e-3, min_seq_len=1)
+        got = model(input_ids).logits
+        enable_conv_basis(model, policy="paper")
+        paper = model(input_ids).logits
+    assert ((paper - expected).abs().max() / expected.abs().max()).item() > 1e-3  # two bases do not fit random heads
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
