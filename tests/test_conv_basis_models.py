@@ -59,7 +59,7 @@ def test_exact_settings_match_the_reference_implementation(architecture, conv_ca
     valid = attention_mask.bool()
     assert ((got - expected)[valid].abs().max() / expected[valid].abs().max()).item() <= 1e-4
 
-    prompt, prompt_mask = input_ids[:, :20], attention_mask[:, :20]
+    prompt, prompt_mask = input_ids[:, :36], attention_mask[:, :36]  # prefill and decode beyond the window
     expected_tokens = reference.generate(prompt, attention_mask=prompt_mask, max_new_tokens=6, do_sample=False)
     tokens = model.generate(prompt, attention_mask=prompt_mask, max_new_tokens=6, do_sample=False)
     assert torch.equal(tokens, expected_tokens)

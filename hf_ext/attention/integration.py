@@ -101,7 +101,7 @@ class ConvBasisAttention:
                 logger.warning_once("conv_basis: attention dropout > 0 needs the attention weights; computing exact attention.")
             elif prefill and not pattern_ok:
                 logger.warning_once("conv_basis: the attention mask is not causal + padding (+ window); computing exact attention.")
-            return _exact(module, query, key, value, attention_mask, scaling, dropout, softcap, **kwargs)
+            return _exact(module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window, **kwargs)
 
         output = conv_basis_attention(
             query,
@@ -145,12 +145,16 @@ def _key_mask_from(attention_mask, sliding_window):
     return (None if bool(key_mask.all()) else key_mask), True
 
 
-def _exact(module, query, key, value, attention_mask, scaling, dropout, softcap, **kwargs):
+def _exact(module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window, **kwargs):
+    # transformers' mask already holds the window (and the cache offsets) when there is one.
     if softcap is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     num_heads = query.shape[1]
     key, value = (t.repeat_interleave(num_heads // t.shape[1], dim=1) for t in (key, value))
-    output = exact_attention(query, key, value, scaling=scaling, softcap=softcap, dropout=dropout, attention_mask=attention_mask)
+    output = exact_attention(
+        query, key, value, scaling=scaling, softcap=softcap, dropout=dropout, attention_mask=attention_mask,
+        sliding_window=sliding_window if attention_mask is None else None,
+    )  # fmt: skip
     return output.transpose(1, 2).contiguous(), None
 
 
