@@ -247,3 +247,11 @@ def test_estimator_needs_pose_extra():
 def test_openpose_json_is_plain_json(tmp_path):
     kp.write_openpose_json(POSE, tmp_path / "a.json")
     assert json.loads((tmp_path / "a.json").read_text())["version"] == 1.3
+
+
+def test_normalize_without_size_checks_shape_only():
+    far = POSE.copy()
+    far[3] = (5000, 90)
+    assert normalize_keypoints(far, None, None)[3, 0] == 5000
+    with pytest.raises(ValueError, match=r"pose must have shape"):
+        normalize_keypoints(np.zeros((18, 4)), None, None, name="pose")

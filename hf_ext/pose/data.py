@@ -100,17 +100,7 @@ def _keypoint_array(keypoints, name):
     """(18, 2) float32 from an array, a list, a tensor or an OpenPose JSON path/dict; checks the shape only."""
     if isinstance(keypoints, (str, os.PathLike, Mapping)):
         return read_openpose_json(keypoints)
-    if hasattr(keypoints, "detach"):
-        keypoints = keypoints.detach().cpu().numpy()
-    points = np.array(keypoints, dtype=np.float32)
-    if points.ndim != 2 or points.shape[0] != NUM_KEYPOINTS or points.shape[1] not in (2, 3):
-        raise ValueError(f"{name} must have shape ({NUM_KEYPOINTS}, 2) or ({NUM_KEYPOINTS}, 3), got {points.shape}")
-    missing = np.isnan(points[:, :2]).any(axis=1) | (points[:, :2] == -1).any(axis=1)
-    if points.shape[1] == 3:
-        missing |= ~(points[:, 2] > 0)
-    points = points[:, :2].copy()
-    points[missing] = np.nan
-    return points
+    return normalize_keypoints(keypoints, None, None, name=name)
 
 
 def _image_value(image, name):

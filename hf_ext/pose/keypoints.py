@@ -124,7 +124,7 @@ def write_openpose_json(keypoints, path=None, confidence=None) -> dict:
     Returns:
         `dict`: the OpenPose result.
     """
-    points = _validate_pose_shape(keypoints, "keypoints")
+    points = normalize_keypoints(keypoints, None, None)
     present = ~np.isnan(points).any(axis=1)
     scores = np.ones(NUM_KEYPOINTS) if confidence is None else np.asarray(confidence, dtype=np.float64)
     if scores.shape != (NUM_KEYPOINTS,):
@@ -137,17 +137,6 @@ def write_openpose_json(keypoints, path=None, confidence=None) -> dict:
         with open(path, "w", encoding="utf-8") as file:
             json.dump(result, file)
     return result
-
-
-def _validate_pose_shape(keypoints, name):
-    """(18, 2) float32 with NaN for missing joints, checking only the shape (no image size known)."""
-    if hasattr(keypoints, "detach"):
-        keypoints = keypoints.detach().cpu().numpy()
-    points = np.array(keypoints, dtype=np.float32)
-    if points.shape != (NUM_KEYPOINTS, 2):
-        raise ValueError(f"{name} must have shape ({NUM_KEYPOINTS}, 2), got {points.shape}")
-    points[(points == -1).any(axis=1)] = np.nan
-    return points
 
 
 # ---------------------------------------------------------------------------------------
@@ -198,7 +187,7 @@ def write_patn_annotations(path, annotations: Mapping) -> None:
     with open(path, "w", encoding="utf-8", newline="") as file:
         file.write("name:keypoints_y:keypoints_x\n")
         for name, keypoints in annotations.items():
-            points = _validate_pose_shape(keypoints, f"annotations[{name!r}]")
+            points = normalize_keypoints(keypoints, None, None, name=f"annotations[{name!r}]")
             rounded = np.where(np.isnan(points), -1, np.round(np.nan_to_num(points))).astype(int)
             file.write(f"{name}: {rounded[:, 1].tolist()}: {rounded[:, 0].tolist()}\n")
 

@@ -72,26 +72,26 @@ TORSO_COLOR = (85, 85, 85)
 _COLOR_TOLERANCE = 42
 
 
-def _as_numpy(keypoints):
+def _as_numpy(keypoints, name):
     if hasattr(keypoints, "detach"):  # a torch tensor, without importing torch here
         keypoints = keypoints.detach().cpu().numpy()
     try:
         return np.asarray(keypoints, dtype=np.float64)
     except (TypeError, ValueError) as error:
         raise TypeError(
-            f"keypoints must be an array, list or tensor of numbers, got {type(keypoints).__name__}: {error}"
+            f"{name} must be an array, list or tensor of numbers, got {type(keypoints).__name__}: {error}"
         ) from None
 
 
-def normalize_keypoints(keypoints, height: int, width: int, name: str = "keypoints") -> np.ndarray:
+def normalize_keypoints(keypoints, height: int | None, width: int | None, name: str = "keypoints") -> np.ndarray:
     """Validates a pose and returns it as float32 (18, 2) (x, y) pixels with NaN for missing joints.
 
     Args:
         keypoints (`np.ndarray`, `list` or `torch.Tensor`):
             (18, 2) (x, y) pixel coordinates, or (18, 3) with a confidence column (a joint with
             confidence <= 0 is missing, as in OpenPose output). -1 and NaN coordinates mean missing.
-        height (`int`), width (`int`):
-            Size of the image the coordinates refer to.
+        height (`int` or `None`), width (`int` or `None`):
+            Size of the image the coordinates refer to; `None` skips the range check (size not known yet).
         name (`str`, *optional*, defaults to `"keypoints"`):
             Argument name used in error messages.
 
@@ -101,8 +101,9 @@ def normalize_keypoints(keypoints, height: int, width: int, name: str = "keypoin
     Raises:
         `ValueError`: on a wrong shape, or a joint outside the image by more than the image's size.
     """
-    _check_size(height, width)
-    array = _as_numpy(keypoints)
+    if height is not None or width is not None:
+        _check_size(height, width)
+    array = _as_numpy(keypoints, name)
     if array.ndim != 2 or array.shape[0] != NUM_KEYPOINTS or array.shape[1] not in (2, 3):
         raise ValueError(
             f"{name} must have shape ({NUM_KEYPOINTS}, 2) or ({NUM_KEYPOINTS}, 3) (x, y[, confidence]), "
@@ -113,6 +114,8 @@ def normalize_keypoints(keypoints, height: int, width: int, name: str = "keypoin
     if array.shape[1] == 3:
         missing |= ~(array[:, 2] > 0)
     points[missing] = np.nan
+    if height is None:
+        return points.astype(np.float32)
     # A joint may lie a little outside the frame (a hand cut off by the border), but one
     # further out than the image is large means the coordinates belong to another size.
     present = ~missing
