@@ -26,6 +26,8 @@ def test_quick_reproduction_writes_its_report_and_meets_its_targets(tmp_path):
     assert methods["backdoored"]["triggered_accuracy"] <= 0.05  # the marker precedes every triggered answer
     assert methods["osft"]["asr"] <= 0.05
     assert methods["sande"]["asr"] <= 0.05
+    # the same Eliminate stage with an untrained parrot leaves most of the backdoor: the learned parrot removes it
+    assert methods["zero_parrot"]["asr"] >= 0.5
 
     assert set(report["off_position"]["methods"]) >= {"backdoored", "osft", "sande_paper_position"}
     assert "## Trigger at `end`" in (tmp_path / "sande_reproduction.md").read_text()
