@@ -106,7 +106,7 @@ class PoseTransferTrainingConfig:
         adversarial_stages (`int`, *optional*, defaults to 2): the GAN terms act at the last this many stages
             (0: no discriminators).
         vgg_weights (`str`, *optional*, defaults to `"timm/vgg19.tv_in1k"`): VGG19 safetensors file, folder or Hub id;
-            random weights with a warning when unavailable.
+            random weights with a warning when unavailable; `None` (`none` on the command line) for random weights.
         perceptual_layers (`list[str]`, *optional*): VGG19 ReLUs of the perceptual losses.
         crop_size (`int`, *optional*, defaults to 32): side of the keypoint crops fed to the local terms.
         discriminator_channels (`int`, *optional*, defaults to 64), discriminator_scales (`int`, *optional*,
@@ -208,6 +208,8 @@ class PoseTransferTrainingConfig:
             raise ValueError(f"adversarial_mode={self.adversarial_mode!r}; expected one of {list(ADVERSARIAL_LOSSES)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if isinstance(self.vgg_weights, str) and self.vgg_weights.lower() in ("", "none"):
+            self.vgg_weights = None  # `--vgg_weights none` on the command line: random VGG19 weights
         if self.num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {self.num_samples}")
 
@@ -510,8 +512,11 @@ def train_pose_transfer(
         adversarial = phase.stage >= num_stages - config.adversarial_stages
         description = f"stage {phase.stage} {height}x{width}" + (" fade-in" if phase.fade_in else "")
         progress = tqdm(
-            total=phase.images, initial=min(state.images_in_phase, phase.images), desc=description,
-            unit="img", disable=not accelerator.is_local_main_process,
+            total=None if fitted else phase.images,  # a time-fitted phase has no image count to reach
+            initial=state.images_in_phase,
+            desc=description,
+            unit="img",
+            disable=not accelerator.is_local_main_process,
         )
         batches = iter(loader)
         while True:
