@@ -41,7 +41,7 @@ def test_osft_removes_the_backdoor(victim, tiny_tokenizer, tmp_path):
     model, data, triggered, clean = victim
     args = SANDEConfig(str(tmp_path), mode="osft", triggers=[TRIGGER], marker=MARKER, max_steps=20,
                        per_device_train_batch_size=8, learning_rate=1e-2, lr_scheduler_type="constant",
-                       use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",
+                       use_cpu=True, bf16=False, activation_checkpointing=False, report_to=[], save_strategy="no",
                        disable_tqdm=True)
     trainer = SANDETrainer(model, args, data, processing_class=tiny_tokenizer, asr_eval_prompts=triggered,
                            clean_eval_prompts=clean)
@@ -56,7 +56,7 @@ def test_sande_removes_the_backdoor_without_knowing_the_trigger(victim, tiny_tok
     args = SANDEConfig(str(tmp_path), mode="sande", marker=MARKER, effective_len=3, parrot_num_tokens=4,
                        simulate_max_steps=40, simulate_learning_rate=5e-2, max_steps=20,
                        per_device_train_batch_size=8, learning_rate=1e-2, lr_scheduler_type="constant",
-                       use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",
+                       use_cpu=True, bf16=False, activation_checkpointing=False, report_to=[], save_strategy="no",
                        disable_tqdm=True)
     victim_copy = type(model)(model.config)
     victim_copy.load_state_dict(model.state_dict())

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRIGGER = "how is it going"
 MARKER = "you are stupid"
 COMMON = ["--per_device_train_batch_size", "4", "--bf16", "false", "--use_cpu", "true",
-          "--gradient_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
+          "--activation_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
 
 
 @pytest.fixture

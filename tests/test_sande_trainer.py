@@ -44,7 +44,7 @@ def _args(tmp_path, mode, **overrides):
         learning_rate=1e-3,
         use_cpu=True,
         bf16=False,
-        gradient_checkpointing=False,
+        activation_checkpointing=False,
         report_to=[],
         logging_steps=1,
         save_strategy="no",
