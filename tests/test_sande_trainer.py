@@ -2,6 +2,7 @@
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -283,3 +284,23 @@ def test_stage_sample_counts_and_candidate_positions(tmp_path, data, model, tiny
         p = row["parrot_position"]
         before = tiny_tokenizer.decode(row["input_ids"][:p])
         assert before == "Human:" or before.endswith(".")
+
+
+def test_push_to_hub_uploads_model_tokenizer_and_card(tmp_path, data, model, tiny_tokenizer, monkeypatch):
+    import hf_ext.hub
+
+    uploads = []
+
+    def fake_push(folder, repo_id, **kwargs):
+        uploads.append((repo_id, sorted(p.name for p in Path(folder).iterdir())))
+
+    monkeypatch.setattr(hf_ext.hub, "push_folder_to_hub", fake_push)
+    trainer = SANDETrainer(model, _args(tmp_path, "osft", max_steps=1, hub_model_id="me/cleaned"), data,
+                           processing_class=tiny_tokenizer)
+    trainer.train()
+    trainer.save_model()
+    trainer.push_to_hub()
+    repo_id, files = uploads[0]
+    assert repo_id == "me/cleaned"
+    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    assert "OSFT" in (tmp_path / "osft" / "README.md").read_text()
