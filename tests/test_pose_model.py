@@ -183,6 +183,8 @@ def test_adversarial_losses_match_formulas():
     assert adversarial_loss(logits, True, "lsgan") == ((logits - 1) ** 2).mean()
     assert adversarial_loss(logits, False, "lsgan") == (logits**2).mean()
     assert adversarial_loss(logits, True, "lsgan", for_discriminator=False) == ((logits - 1) ** 2).mean()
+    mask = torch.tensor([True, False, False, True])
+    assert adversarial_loss(logits, True, "lsgan", mask=mask) == ((logits[mask] - 1) ** 2).mean()
     with pytest.raises(ValueError, match="wgan"):
         adversarial_loss(logits, True, "wgan")
 
@@ -208,9 +210,20 @@ def test_generator_loss_terms():
     total.backward()
     assert fake.grad.abs().sum() > 0
 
-    # Every joint missing: no crops, so no local terms.
-    _, terms = loss_fn.generator_loss(fake, real, pose, torch.full((2, 18, 2), float("nan")))
-    assert "local_l1" not in terms and "l1" in terms
+    # Local L1 = mean over present parts of the mean over examples having the part: with only the face of
+    # example 0 present (nose, eyes, ears), it is the L1 of that one crop.
+    from hf_ext.pose.keypoints import crop_keypoint_regions
+
+    face_only = torch.full((2, 18, 2), float("nan"))
+    face_only[0, [0, 14, 15, 16, 17]] = keypoints[0, [0, 14, 15, 16, 17]]
+    _, terms = loss_fn.generator_loss(fake, real, pose, face_only)
+    crops = crop_keypoint_regions(torch.cat([fake, real], 1).detach(), face_only, parts=["face"], output_size=8)["face"][0]
+    assert terms["local_l1"] == pytest.approx((crops[0, :3] - crops[0, 3:]).abs().mean().item(), rel=1e-5)
+
+    # Every joint missing: the local terms are zero (but still computed, so every process runs the same graph).
+    total, terms = loss_fn.generator_loss(fake, real, pose, torch.full((2, 18, 2), float("nan")))
+    assert terms["local_l1"] == 0 and terms["local_perceptual"] == 0
+    assert total.item() == pytest.approx(terms["l1"] + terms["perceptual"], rel=1e-5)
 
 
 def test_adversarial_terms_use_the_critics():

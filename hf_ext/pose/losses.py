@@ -146,34 +146,54 @@ class PerceptualLoss(nn.Module):
             )
         self.layer_weights = dict(zip(features.layers, layer_weights))
 
-    def forward(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def per_example(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of each example, shape (batch,)."""
         # One pass over both images; the target's features carry no gradient.
         batch = prediction.shape[0]
         features = self.features(torch.cat([prediction, target.detach()]))
         return sum(
-            weight * F.l1_loss(features[name][:batch], features[name][batch:]) for name, weight in self.layer_weights.items()
+            weight * (features[name][:batch] - features[name][batch:]).abs().flatten(1).mean(1)
+            for name, weight in self.layer_weights.items()
         )
 
+    def forward(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss averaged over the batch, or over the examples where the bool `mask` (batch,) is True."""
+        return masked_mean(self.per_example(prediction, target), mask)
 
-def adversarial_loss(logits: torch.Tensor, real: bool, mode: str = "hinge", for_discriminator: bool = True) -> torch.Tensor:
+
+def adversarial_loss(
+    logits: torch.Tensor, real: bool, mode: str = "hinge", for_discriminator: bool = True, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """GAN loss on discriminator logits.
 
     hinge: D minimises relu(1 - D(x)) on real and relu(1 + D(G)) on fake; G minimises -D(G).
     lsgan: D minimises (D(x) - 1)^2 on real and D(G)^2 on fake; G minimises (D(G) - 1)^2.
 
     Args:
-        logits (`torch.Tensor`): discriminator output (any shape; averaged).
+        logits (`torch.Tensor`): discriminator output (batch, ...), averaged.
         real (`bool`): whether the logits are of real images (for the generator's loss, pass `True`).
         mode (`str`, *optional*, defaults to `"hinge"`): `"hinge"` or `"lsgan"`.
         for_discriminator (`bool`, *optional*, defaults to `True`): the discriminator's loss, or the generator's.
+        mask (`torch.Tensor`, *optional*): bool (batch,); average only over the examples where it is True.
     """
     if mode not in ADVERSARIAL_LOSSES:
         raise ValueError(f"mode={mode!r} is not an adversarial loss; expected one of {list(ADVERSARIAL_LOSSES)}")
     if mode == "hinge":
         if not for_discriminator:
-            return -logits.mean()
-        return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
-    return ((logits - 1) ** 2).mean() if real else (logits**2).mean()
+            values = -logits
+        else:
+            values = F.relu(1 - logits) if real else F.relu(1 + logits)
+    else:
+        values = (logits - 1) ** 2 if real else logits**2
+    return masked_mean(values.reshape(values.shape[0], -1).mean(1), mask)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of per-example `values` (batch,) over the examples where `mask` is True (all when None); 0 when none is."""
+    if mask is None:
+        return values.mean()
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 class PoseTransferLoss(nn.Module):
@@ -232,16 +252,28 @@ class PoseTransferLoss(nn.Module):
         return w["local_l1_weight"] > 0 or w["local_perceptual_weight"] > 0 or w["local_adversarial_weight"] > 0
 
     def crops(self, fake: torch.Tensor, real: torch.Tensor, target_keypoints: torch.Tensor) -> dict:
-        """part -> (fake crops, real crops) of the examples where the part is present (parts absent everywhere
-        are left out). Both images are cut in one call, stacked on the channel axis, so they share boxes."""
+        """part -> (fake crops, real crops, present), every part for every example (zeros where the part is
+        missing, `present` False). Both images are cut in one call, stacked on the channel axis, so they share
+        boxes. Keeping every crop keeps the computation the same on every process whatever the poses."""
         channels = fake.shape[1]
         regions = crop_keypoint_regions(
             torch.cat([fake, real], dim=1), target_keypoints, parts=self.parts, output_size=self.crop_size
         )
+        return {part: (crops[:, :channels], crops[:, channels:], present) for part, (crops, present) in regions.items()}
+
+    @staticmethod
+    def _mean_over_parts(per_part: dict, crops: dict) -> torch.Tensor:
+        """Mean of per-part losses (each already averaged over the examples having the part, 0 for none) over the
+        parts present in at least one example."""
+        parts_present = sum(int(present.any()) for _, _, present in crops.values())
+        return sum(per_part.values()) / max(parts_present, 1)
+
+    @staticmethod
+    def _split_by_part(values: torch.Tensor, crops: dict) -> dict:
+        """Per-example losses of the concatenated crops -> part -> mean over the examples having the part."""
         return {
-            part: (crops[valid, :channels], crops[valid, channels:])
-            for part, (crops, valid) in regions.items()
-            if valid.any()
+            part: masked_mean(chunk, present)
+            for chunk, (part, (_, _, present)) in zip(values.chunk(len(crops)), crops.items())
         }
 
     def generator_loss(
@@ -278,18 +310,24 @@ class PoseTransferLoss(nn.Module):
             ) / len(logits)
         if self.uses_local_terms:
             crops = self.crops(fake, real, target_keypoints)
-            if crops:
-                if w["local_l1_weight"] > 0:
-                    terms["local_l1"] = w["local_l1_weight"] * sum(F.l1_loss(f, r) for f, r in crops.values()) / len(crops)
-                if w["local_perceptual_weight"] > 0:
-                    terms["local_perceptual"] = w["local_perceptual_weight"] * sum(
-                        self.perceptual(f, r) for f, r in crops.values()
-                    ) / len(crops)
-                if local_discriminator is not None and w["local_adversarial_weight"] > 0:
-                    logits = local_discriminator({part: f for part, (f, _) in crops.items()})
-                    terms["local_adversarial"] = w["local_adversarial_weight"] * sum(
-                        adversarial_loss(l, True, self.adversarial_mode, for_discriminator=False) for l in logits.values()
-                    ) / len(logits)
+            fake_crops = torch.cat([f for f, _, _ in crops.values()])
+            real_crops = torch.cat([r for _, r, _ in crops.values()])
+            if w["local_l1_weight"] > 0:
+                l1 = (fake_crops - real_crops).abs().flatten(1).mean(1)
+                terms["local_l1"] = w["local_l1_weight"] * self._mean_over_parts(self._split_by_part(l1, crops), crops)
+            if w["local_perceptual_weight"] > 0:
+                # All parts' crops through VGG19 in one pass.
+                perceptual = self.perceptual.per_example(fake_crops, real_crops)
+                terms["local_perceptual"] = w["local_perceptual_weight"] * self._mean_over_parts(
+                    self._split_by_part(perceptual, crops), crops
+                )
+            if local_discriminator is not None and w["local_adversarial_weight"] > 0:
+                logits = local_discriminator({p: f for p, (f, _, _) in crops.items()})
+                adversarial = {
+                    p: adversarial_loss(logits[p], True, self.adversarial_mode, False, mask=m)
+                    for p, (_, _, m) in crops.items()
+                }
+                terms["local_adversarial"] = w["local_adversarial_weight"] * self._mean_over_parts(adversarial, crops)
         total = sum(terms.values()) if terms else fake.sum() * 0
         return total, {name: float(value.detach()) for name, value in terms.items()}
 
@@ -319,13 +357,13 @@ class PoseTransferLoss(nn.Module):
             ) / len(real_logits)
         if local_discriminator is not None:
             crops = self.crops(fake, real, target_keypoints)
-            if crops:
-                real_logits = local_discriminator({part: r for part, (_, r) in crops.items()})
-                fake_logits = local_discriminator({part: f for part, (f, _) in crops.items()})
-                terms["d_local"] = sum(
-                    adversarial_loss(real_logits[p], True, self.adversarial_mode)
-                    + adversarial_loss(fake_logits[p], False, self.adversarial_mode)
-                    for p in crops
-                ) / len(crops)
+            real_logits = local_discriminator({p: r for p, (_, r, _) in crops.items()})
+            fake_logits = local_discriminator({p: f for p, (f, _, _) in crops.items()})
+            losses = {
+                p: adversarial_loss(real_logits[p], True, self.adversarial_mode, mask=m)
+                + adversarial_loss(fake_logits[p], False, self.adversarial_mode, mask=m)
+                for p, (_, _, m) in crops.items()
+            }
+            terms["d_local"] = self._mean_over_parts(losses, crops)
         total = sum(terms.values()) if terms else real.sum() * 0
         return total, {name: float(value.detach()) for name, value in terms.items()}
