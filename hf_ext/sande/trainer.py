@@ -126,6 +126,9 @@ class SANDETrainer(SFTTrainer):
             raise ValueError("mode='eliminate' needs a parrot: pass `parrot=` or set `parrot_path` (from `simulate`)")
         if peft_config is not None and args.mode == "simulate":
             raise ValueError("mode='simulate' trains only the parrot; peft_config applies to osft/eliminate/sande")
+        # a dataset column (`dataset["prompt"]`) works as well as a list
+        asr_eval_prompts = None if asr_eval_prompts is None else list(asr_eval_prompts)
+        clean_eval_prompts = None if clean_eval_prompts is None else list(clean_eval_prompts)
         if asr_eval_prompts is not None or clean_eval_prompts is not None:
             if args.marker is None:
                 raise ValueError("measuring ASR needs the backdoor's marker: set `marker` in SANDEConfig")
