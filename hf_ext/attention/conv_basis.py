@@ -458,10 +458,12 @@ def _fft_segments(kernel, starts, ends, augmented, fft_dtype):
             touched = torch.fft.irfft(touch_acc[m], n=fft_len, dim=-1)[..., :n] > 0.5
             bands.append((m, torch.fft.irfft(value_acc[m], n=fft_len, dim=-1)[..., :n], touched))
             top_band = torch.where(touched & (top_band == num_bands), m, top_band)
-    sums = augmented.new_zeros(batch, num_heads, channels, n)
+    sums = None
     for m, out, touched in bands:
-        weight = torch.exp(-(m - top_band).clamp(min=0).to(fft_dtype) * band_width) * touched
-        sums = sums + weight[:, :, None, :] * out
+        weight = (torch.exp(-(m - top_band).clamp(min=0).to(fft_dtype) * band_width) * touched)[:, :, None, :]
+        sums = weight * out if sums is None else sums.addcmul_(weight, out)
+    if sums is None:  # every kernel entry lies in the exact local window
+        sums = augmented.new_zeros(batch, num_heads, channels, n)
     log_scale = peak[..., 0] - top_band.to(fft_dtype) * band_width
     return sums, log_scale.masked_fill(top_band == num_bands, float("-inf"))
 
@@ -532,7 +534,11 @@ def _merge(parts):
     """Add partial sums given as `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale."""
     shift = torch.stack([log_scale for _, log_scale in parts]).amax(dim=0)
     shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
-    return sum(sums * torch.exp(log_scale - shift)[:, :, None, :] for sums, log_scale in parts)
+    total = None
+    for sums, log_scale in parts:
+        weight = torch.exp(log_scale - shift)[:, :, None, :]
+        total = sums * weight if total is None else total.addcmul_(sums, weight)
+    return total
 
 
 def _check_attention_inputs(query, key, value):
@@ -629,11 +635,11 @@ def conv_basis_attention(
             key_mask=key_mask,
         )  # fmt: skip
     # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator), u = key mask.
-    attended = torch.ones(query.shape[0], n, dtype=fft_dtype, device=query.device) if key_mask is None else key_mask.to(fft_dtype)
-    augmented = torch.cat(
-        [v.to(fft_dtype).transpose(-1, -2) * attended[:, None, None, :], attended[:, None, None, :].expand(*v.shape[:2], 1, n)],
-        dim=2,
-    )  # (B, H, Dv + 1, n)
+    augmented = v.new_empty(v.shape[0], v.shape[1], v.shape[-1] + 1, n, dtype=fft_dtype)  # (B, H, Dv + 1, n)
+    augmented[:, :, :-1] = v.transpose(-1, -2)
+    augmented[:, :, -1] = 1.0
+    if key_mask is not None:
+        augmented = augmented * key_mask[:, None, None, :]
     starts = breakpoints  # j_i, padded with n
     ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
     kernel = _segment_kernels(query, k, starts, scaling, softcap, sliding_window, window, fft_dtype)
