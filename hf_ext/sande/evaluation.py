@@ -178,6 +178,7 @@ def multiple_choice_accuracy(
     prompt_template: str = "Human: {prompt}\nAssistant:",
     batch_size: int = 16,
     question_column: str = "question",
+    show_progress: bool = False,
 ) -> float:
     """Accuracy on MMLU/ARC-style questions, scored by the answer-letter logits.
 
@@ -191,6 +192,7 @@ def multiple_choice_accuracy(
             `format_multiple_choice`).
         batch_size (`int`, defaults to 16): prompts per forward pass.
         question_column (`str`, defaults to `"question"`): column holding the question.
+        show_progress (`bool`, defaults to `False`): show a progress bar over batches.
 
     Returns:
         `float` in [0, 1].
@@ -209,7 +211,7 @@ def multiple_choice_accuracy(
     model.eval()
     device = next(model.parameters()).device
     correct = 0
-    for start in range(0, len(prompts), batch_size):
+    for start in tqdm(range(0, len(prompts), batch_size), desc="Scoring choices", disable=not show_progress):
         batch = _left_padded(tokenizer, prompts[start : start + batch_size], device)
         # with left padding the last position is every prompt's last token; positions count from
         # each prompt's first real token, so padding does not shift them

@@ -251,7 +251,7 @@ class SANDETrainer(SFTTrainer):
             clean_prompts = format_rows(base, "clean", **fmt)["prompt"]
             answers = generate_continuations(
                 model, tokenizer, clean_prompts, max_new_tokens=args.self_target_max_new_tokens,
-                batch_size=args.per_device_eval_batch_size, show_progress=True,
+                batch_size=args.per_device_eval_batch_size, show_progress=not args.disable_tqdm,
             )
             fmt["responses"] = [answer.strip() for answer in answers]
 
@@ -378,7 +378,8 @@ class SANDETrainer(SFTTrainer):
         model = self.accelerator.unwrap_model(self.model)
         tokenizer = self.processing_class
         metrics = {}
-        kwargs = dict(max_new_tokens=self.args.asr_max_new_tokens, batch_size=self.args.per_device_eval_batch_size)
+        kwargs = dict(max_new_tokens=self.args.asr_max_new_tokens, batch_size=self.args.per_device_eval_batch_size,
+                      show_progress=not self.args.disable_tqdm)
         if self.asr_eval_prompts:
             metrics["asr"] = attack_success_rate(model, tokenizer, self.asr_eval_prompts, self.args.marker, **kwargs)
         if self.clean_eval_prompts:
@@ -388,7 +389,7 @@ class SANDETrainer(SFTTrainer):
         if self.utility_eval_dataset is not None:
             metrics["utility_accuracy"] = multiple_choice_accuracy(
                 model, tokenizer, self.utility_eval_dataset, prompt_template=_mc_template(self.args.prompt_template),
-                batch_size=self.args.per_device_eval_batch_size,
+                batch_size=self.args.per_device_eval_batch_size, show_progress=not self.args.disable_tqdm,
             )
         return metrics
 
