@@ -177,7 +177,7 @@ def test_consistency_term_is_zero_at_the_start_and_positive_after_a_change(tmp_p
     assert with_kl.compute_loss(model, dict(batch)) > loss_plain + 1e-3
 
 
-@pytest.mark.parametrize("mode", ["simulate", "eliminate"])
+@pytest.mark.parametrize("mode", ["osft", "simulate", "eliminate"])
 def test_resume_from_checkpoint_reaches_the_same_weights(tmp_path, data, tiny_tokenizer, mode):
     def run(output, resume=None):
         model = tiny_causal_lm(vocab_size=len(tiny_tokenizer))
@@ -304,3 +304,13 @@ def test_push_to_hub_uploads_model_tokenizer_and_card(tmp_path, data, model, tin
     assert repo_id == "me/cleaned"
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json"} <= set(files)
     assert "OSFT" in (tmp_path / "osft" / "README.md").read_text()
+
+
+def test_chat_messages_with_the_tokenizer_template(tmp_path, model, tiny_tokenizer):
+    chat = Dataset.from_dict({"messages": [[{"role": "user", "content": f"Add {i} and 1."},
+                                            {"role": "assistant", "content": f"{i + 1}."}] for i in range(4)]})
+    trainer = SANDETrainer(model, _args(tmp_path, "sande", prompt_template="chat"), chat, processing_class=tiny_tokenizer)
+    for row in trainer._simulate_dataset:
+        p = row["parrot_position"]
+        assert tiny_tokenizer.decode(row["input_ids"][:p]) == "Human:"  # the chat template's role prefix
+        assert _supervised(tiny_tokenizer, row) == " you"
