@@ -239,6 +239,13 @@ def test_adversarial_terms_use_the_critics():
     d_total.backward()
     assert fake.grad is None  # the critics' loss does not reach the generator
     assert discriminator.discriminators[0][0].parametrizations.weight.original.grad is not None
+    # The critics see real and generated images in one batch; the loss equals separate hinge terms.
+    discriminator.eval()  # fixed spectral-norm estimate, so separate calls see the same weights
+    _, d_terms = loss_fn.discriminator_loss(fake, real, pose, keypoints, discriminator)
+    with torch.no_grad():
+        real_logits, fake_logits = discriminator(real, pose), discriminator(fake, pose)
+    expected = sum(torch.relu(1 - r).mean() + torch.relu(1 + f).mean() for r, f in zip(real_logits, fake_logits)) / 2
+    assert d_terms["d_global"] == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="perceptual must be"):
         PoseTransferLoss(None)
     with pytest.raises(ValueError, match="weights must be >= 0"):

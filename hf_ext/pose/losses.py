@@ -349,21 +349,22 @@ class PoseTransferLoss(nn.Module):
         """
         fake = fake.detach()
         terms = {}
+        # Real and generated images go through each critic in one batch: one forward per critic and step.
         if discriminator is not None:
-            real_logits, fake_logits = discriminator(real, target_pose), discriminator(fake, target_pose)
+            logits = discriminator(torch.cat([real, fake]), torch.cat([target_pose, target_pose]))
             terms["d_global"] = sum(
                 adversarial_loss(r, True, self.adversarial_mode) + adversarial_loss(f, False, self.adversarial_mode)
-                for r, f in zip(real_logits, fake_logits)
-            ) / len(real_logits)
+                for r, f in (scale.chunk(2) for scale in logits)
+            ) / len(logits)
         if local_discriminator is not None:
             crops = self.crops(fake, real, target_keypoints)
-            real_logits = local_discriminator({p: r for p, (_, r, _) in crops.items()})
-            fake_logits = local_discriminator({p: f for p, (f, _, _) in crops.items()})
-            losses = {
-                p: adversarial_loss(real_logits[p], True, self.adversarial_mode, mask=m)
-                + adversarial_loss(fake_logits[p], False, self.adversarial_mode, mask=m)
-                for p, (_, _, m) in crops.items()
-            }
+            logits = local_discriminator({p: torch.cat([r, f]) for p, (f, r, _) in crops.items()})
+            losses = {}
+            for part, (_, _, present) in crops.items():
+                real_logits, fake_logits = logits[part].chunk(2)
+                losses[part] = adversarial_loss(real_logits, True, self.adversarial_mode, mask=present) + adversarial_loss(
+                    fake_logits, False, self.adversarial_mode, mask=present
+                )
             terms["d_local"] = self._mean_over_parts(losses, crops)
         total = sum(terms.values()) if terms else real.sum() * 0
         return total, {name: float(value.detach()) for name, value in terms.items()}
