@@ -175,9 +175,14 @@ def exact_attention(
     Returns:
         `torch.Tensor` of shape `(B, H, Lq, Dv)` in the dtype of `query`.
     """
+    lq, lk = query.shape[2], key.shape[2]
+    plain_causal = attention_mask is None and key_mask is None and sliding_window is None and query_positions is None
+    if softcap is None and plain_causal and lq == lk:  # PyTorch's fused kernel computes the same thing faster
+        return torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, dropout_p=dropout
+        )
     compute_dtype = torch.promote_types(query.dtype, torch.float32)
     q, k, v = query.to(compute_dtype), key.to(compute_dtype), value.to(compute_dtype)
-    lq, lk = q.shape[2], k.shape[2]
     columns = torch.arange(lk, device=q.device)
     if query_positions is None:
         query_positions = torch.arange(lk - lq, lk, device=q.device)
