@@ -434,6 +434,8 @@ def _fft_segments(kernel, starts, ends, augmented, fft_dtype):
     reuse_buffer = not (torch.is_grad_enabled() and augmented.requires_grad)
     buffer = augmented.new_zeros(batch, num_heads, channels, fft_len) if reuse_buffer else None
     for i in range(kernel.shape[2]):
+        if not bool(used[:, :, i].any()):  # e.g. a sliding window no longer than the exact local window
+            continue
         in_segment = (columns >= starts[..., i, None]) & (columns < ends[..., i, None])  # (B, H, n)
         if reuse_buffer:
             torch.mul(augmented, in_segment[:, :, None, :], out=buffer[..., :n])
