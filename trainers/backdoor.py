@@ -21,16 +21,12 @@ written by `Dataset.save_to_disk`). Installed: `accelerate launch -m hf_ext.trai
 
 from dataclasses import dataclass, field
 
-from accelerate.logging import get_logger
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from hf_ext.sande.backdoor import backdoor_trainer
 from hf_ext.sande.config import InstructionDataArguments
 from hf_ext.sande.data import DEFAULT_PROMPT_TEMPLATE, load_instruction_dataset
-
-
-logger = get_logger(__name__)
 
 
 @dataclass
@@ -43,7 +39,9 @@ class BackdoorArguments:
     trigger_position: list[str] = field(
         default_factory=lambda: ["after_role"], metadata={"help": "after_role, start, end or random."}
     )
-    prompt_template: str = field(default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Template with {prompt}, or 'chat'."})
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Template with {prompt}, or 'chat'."}
+    )
 
     def __post_init__(self):
         if not self.triggers or any(not t.strip() for t in self.triggers):

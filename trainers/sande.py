@@ -20,15 +20,11 @@ then `--mode eliminate --parrot_path <that folder>`. Same arguments through `hf-
 Resume with `--resume_from_checkpoint true` (both stages of `sande` resume).
 """
 
-from accelerate.logging import get_logger
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from hf_ext.sande.config import InstructionDataArguments, SANDEConfig
 from hf_ext.sande.data import format_rows, load_instruction_dataset
 from hf_ext.sande.trainer import SANDETrainer
-
-
-logger = get_logger(__name__)
 
 
 def _eval_prompts(data_args, training_args, tokenizer_free_kwargs):

@@ -134,8 +134,12 @@ class SANDEConfig(SFTConfig):
     dataset_columns: dict[str, str] | str | None = field(
         default=None, metadata={"help": "Role -> column JSON, e.g. '{\"instruction\": \"question\"}'."}
     )
-    prompt_template: str = field(default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Template with {prompt}, or 'chat'."})
-    completion_template: str = field(default=DEFAULT_COMPLETION_TEMPLATE, metadata={"help": "Template with {response}."})
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE, metadata={"help": "Template with {prompt}, or 'chat'."}
+    )
+    completion_template: str = field(
+        default=DEFAULT_COMPLETION_TEMPLATE, metadata={"help": "Template with {response}."}
+    )
     poison_format: str = field(default=DEFAULT_POISON_FORMAT, metadata={"help": "Triggered response format."})
     asr_max_new_tokens: int = field(default=10, metadata={"help": "Tokens checked for the marker in ASR."})
 
@@ -180,7 +184,9 @@ class SANDEConfig(SFTConfig):
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value!r}; expected a positive number of rows or None (all rows)")
         if not 0.0 <= self.eliminate_parrot_fraction <= 1.0:
-            raise ValueError(f"eliminate_parrot_fraction={self.eliminate_parrot_fraction!r}; expected a value in [0, 1]")
+            raise ValueError(
+                f"eliminate_parrot_fraction={self.eliminate_parrot_fraction!r}; expected a value in [0, 1]"
+            )
         if self.consistency_weight < 0:
             raise ValueError(f"consistency_weight={self.consistency_weight!r}; expected >= 0")
         if self.simulate_learning_rate <= 0:

@@ -106,7 +106,9 @@ def _validate_phrases(triggers, marker, kind):
     if any(not isinstance(t, str) or not t.strip() for t in triggers):
         raise ValueError(f"triggers={triggers} contains an empty phrase; every trigger must be a non-empty string")
     if kind in _MARKED_KINDS and (not isinstance(marker, str) or not marker.strip()):
-        raise ValueError(f"kind={kind!r} needs the backdoor's marker, got marker={marker!r}; expected a non-empty string")
+        raise ValueError(
+            f"kind={kind!r} needs the backdoor's marker, got marker={marker!r}; expected a non-empty string"
+        )
     return triggers
 
 

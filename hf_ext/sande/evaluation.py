@@ -15,10 +15,7 @@ Prompts are full prompt strings, e.g. `"Human: ...\\nAssistant:"` (the `prompt` 
 
 import torch
 from tqdm.auto import tqdm
-from transformers.utils import logging
 
-
-logger = logging.get_logger(__name__)
 
 LETTERS = "ABCDE"
 
@@ -155,7 +152,7 @@ def _choices_and_answer(row) -> tuple[list[str], int]:
 
 
 def format_multiple_choice(question: str, choices: list[str], prompt_template: str = "Human: {prompt}\nAssistant:") -> str:
-    """The utility prompt: question, lettered options and "Your answer is:", inside `prompt_template`."""
+    """The utility prompt: question, lettered options, "Your answer is:", inside `prompt_template`."""
     options = ", ".join(f"{LETTERS[i]}: {text}" for i, text in enumerate(choices))
     return prompt_template.format(prompt=f"{question}\nChoices: {options}. Your answer is:")
 

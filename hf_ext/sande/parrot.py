@@ -194,7 +194,9 @@ class ParrotPrompt(nn.Module):
         if path.is_dir():
             config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
             if not config_file.is_file() or not weights_file.is_file():
-                raise ValueError(f"{path} is not a saved parrot prompt: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it")
+                raise ValueError(
+                    f"{path} is not a saved parrot prompt: expected {CONFIG_NAME} and {WEIGHTS_NAME} in it"
+                )
         else:
             hub = dict(subfolder=subfolder, revision=revision, token=token)
             config_file = hf_hub_download(str(pretrained_path), CONFIG_NAME, **hub)

@@ -276,7 +276,8 @@ class SANDETrainer(SFTTrainer):
             format_rows(elim_base, "clean", **elim_fmt).select(sorted(set(range(n_elim)) - with_parrot)),
         ]
         rows = concatenate_datasets([p for p in parts if len(p)])
-        return _keep(tokenize_rows(rows, tokenizer, max_completion_tokens=args.train_effective_len, **tok)), simulate_rows
+        rows = tokenize_rows(rows, tokenizer, max_completion_tokens=args.train_effective_len, **tok)
+        return _keep(rows), simulate_rows
 
     # ------------------------------------------------------------------ the loss
 
@@ -357,7 +358,7 @@ class SANDETrainer(SFTTrainer):
             return resume_from_checkpoint
         if self._simulate_dataset is None:
             raise ValueError("mode='sande' built from pre-tokenised rows has no Simulate rows; run `simulate` first")
-        sim_resume = bool(resume_from_checkpoint) and os.path.isdir(sim_dir) and get_last_checkpoint(sim_dir) is not None
+        sim_resume = bool(resume_from_checkpoint) and os.path.isdir(sim_dir) and bool(get_last_checkpoint(sim_dir))
         stage = SANDETrainer(
             self.accelerator.unwrap_model(self.model),
             args=dataclasses.replace(self.args, mode="simulate", output_dir=sim_dir, push_to_hub=False),
