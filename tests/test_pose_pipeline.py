@@ -97,6 +97,14 @@ def test_image_modes_become_rgb(pipe):
     ):
         out = pipe(variant, target, reference_pose=reference_pose, output_type="np").images
         np.testing.assert_allclose(out, base, atol=0.02)
+    # Transparent pixels are composited onto the mid-grey training background.
+    grey = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    transparent = PIL.Image.fromarray(np.concatenate([rgb, np.zeros((SIZE, SIZE, 1), np.uint8)], axis=-1), "RGBA")
+    np.testing.assert_allclose(
+        pipe(transparent, target, reference_pose=reference_pose, output_type="np").images,
+        pipe(grey, target, reference_pose=reference_pose, output_type="np").images,
+        atol=1e-6,
+    )
 
 
 def test_batches_and_count_mismatch(pipe):

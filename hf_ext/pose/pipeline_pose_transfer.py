@@ -39,6 +39,8 @@ _MODEL_FILE = "modeling_pose_transfer.py"
 _CODE_FILES = (_PIPELINE_FILE, _MODEL_FILE, "pose_encoding.py")
 # A rendered pose image is a stick figure on black; a photo of a person is not mostly black.
 _SKELETON_BLACK_FRACTION = 0.5
+# Transparent pixels become the uniform mid-grey background people are segmented onto for training.
+_TRANSPARENT_BACKGROUND = 128 / 255
 
 
 @dataclass
@@ -95,13 +97,16 @@ def _as_list(value, name: str, is_single) -> list:
 def _image_to_array(image, name: str) -> np.ndarray:
     """Any supported image -> float32 RGB (H, W, 3) array in [0, 1].
 
-    Grayscale, RGBA (alpha dropped) and palette images become RGB. Float arrays and tensors must be in
-    [0, 1]; tensors are channels-first.
+    Grayscale and palette images become RGB; transparent ones (RGBA, LA, palette with transparency) are
+    composited onto mid-grey, the uniform background the training data uses. Float arrays and tensors must
+    be in [0, 1]; tensors are channels-first.
     """
     if isinstance(image, PIL.Image.Image):
-        if image.mode == "P" and "transparency" in image.info:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        elif image.mode != "RGB":
+            image = image.convert("RGB")
+        image = np.asarray(image)
     if isinstance(image, torch.Tensor):
         if image.ndim == 3 and image.shape[0] in (1, 3, 4):
             image = image.permute(1, 2, 0)
@@ -118,7 +123,11 @@ def _image_to_array(image, name: str) -> np.ndarray:
         array = array.astype(np.float32) / 255.0
     elif not np.issubdtype(array.dtype, np.floating) or np.nanmin(array) < 0 or np.nanmax(array) > 1:
         raise ValueError(f"{name} must be uint8 in [0, 255] or float in [0, 1], got dtype {array.dtype}")
-    array = array[..., :3] if array.shape[-1] >= 3 else np.repeat(array, 3, axis=-1)
+    if array.shape[-1] == 4:
+        alpha = array[..., 3:]
+        array = array[..., :3] * alpha + _TRANSPARENT_BACKGROUND * (1 - alpha)
+    elif array.shape[-1] == 1:
+        array = np.repeat(array, 3, axis=-1)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
@@ -245,8 +254,9 @@ class PoseTransferPipeline(DiffusionPipeline):
             frame = tuple(target_pose_size) if target_pose_size is not None else image_size
             target_keypoints, target_frame = _pose_to_keypoints(target, frame, f"target_pose[{index}]")
             tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
-            tensor = F.interpolate(tensor, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-            pixels.append(tensor[0] * 2 - 1)
+            # Antialiased bicubic, as PIL resizes the training images.
+            tensor = F.interpolate(tensor, size=(height, width), mode="bicubic", antialias=True, align_corners=False)
+            pixels.append(tensor[0].clamp(0, 1) * 2 - 1)
             for keypoints, source, maps in (
                 (reference_keypoints, reference_frame, reference_maps),
                 (target_keypoints, target_frame, target_maps),
@@ -275,7 +285,8 @@ class PoseTransferPipeline(DiffusionPipeline):
 
         Args:
             reference_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
-                The person(s) to render. PIL images of any mode (grayscale, RGBA and palette become RGB), uint8
+                The person(s) to render. PIL images of any mode (grayscale and palette become RGB, transparency is composited onto
+                mid-grey), uint8
                 arrays in [0, 255] or float arrays in [0, 1] of shape (H, W[, 1|3|4]), tensors (C, H, W) in [0, 1];
                 a list or a leading batch axis makes a batch. Images are resized to the output resolution.
             target_pose (one pose or a list with one per image):
