@@ -285,10 +285,10 @@ class PoseTransferPipeline(DiffusionPipeline):
 
         Args:
             reference_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
-                The person(s) to render. PIL images of any mode (grayscale and palette become RGB, transparency is composited onto
-                mid-grey), uint8
-                arrays in [0, 255] or float arrays in [0, 1] of shape (H, W[, 1|3|4]), tensors (C, H, W) in [0, 1];
-                a list or a leading batch axis makes a batch. Images are resized to the output resolution.
+                The person(s) to render. PIL images of any mode (grayscale and palette become RGB, transparency
+                is composited onto mid-grey), uint8 arrays in [0, 255] or float arrays in [0, 1] of shape
+                (H, W[, 1|3|4]), tensors (C, H, W) in [0, 1]; a list or a leading batch axis makes a batch.
+                Images are resized to the output resolution.
             target_pose (one pose or a list with one per image):
                 Each pose is (18, 2) or (18, 3) keypoints (x, y[, confidence]) in pixels of `target_pose_size`
                 (default: the reference image's size), with NaN or -1 for missing joints; an OpenPose JSON dict
