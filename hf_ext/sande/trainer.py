@@ -505,7 +505,8 @@ def _parrot_on(model, parrot):
     averaging and device placement include the parrot; restore the model afterwards."""
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
-    parrot.requires_grad_(True)
+    # on the model's device before the Trainer wraps the model (DDP needs one device type)
+    parrot.to(next(model.parameters()).device).requires_grad_(True)
     model.add_module(_PARROT_ATTR, parrot)
     try:
         yield
