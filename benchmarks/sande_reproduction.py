@@ -299,7 +299,8 @@ def _write_markdown(path: Path, report: dict):
         f"same {args['num_defense']} clean rows; SANDE adds a Simulate stage of {args['parrot_steps']} steps "
         f"(parrot of {args['parrot_tokens']} zero-initialised tokens, lr {args['parrot_learning_rate']:g}). "
         f"Evaluated on {args['num_eval']} held-out rows, each clean and triggered; ASR counts the marker in the first "
-        f"{args['max_new_tokens']} generated tokens; accuracies are exact answers.",
+        f"{args['max_new_tokens']} generated tokens; accuracies are exact answers (a marker before the answer counts "
+        "as wrong). Seconds: wall time of the removal (SANDE: both stages); for the backdoored model, of training it.",
         "",
         f"## Trigger where SANDE assumes it (`{PAPER_POSITION}`)",
         "",
