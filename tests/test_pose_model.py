@@ -45,7 +45,9 @@ def test_runs_at_every_grown_stage_and_only_there(output_mode, bottleneck_depth)
 
 
 def test_aspect_ratio_stages():
-    model = PoseTransferGenerator(start_resolution=(16, 11), final_resolution=(64, 44), base_channels=4, max_channels=8, bottleneck_depth=0)
+    model = PoseTransferGenerator(
+        start_resolution=(16, 11), final_resolution=(64, 44), base_channels=4, max_channels=8, bottleneck_depth=0
+    )
     model.set_stage(2)
     assert model.resolutions == [(16, 11), (32, 22), (64, 44)]
     assert model(*inputs(1, 64, 44)).sample.shape == (1, 3, 64, 44)
@@ -202,7 +204,9 @@ def test_generator_loss_terms():
     pose = torch.rand(2, 18, 32, 32)
     keypoints = _pose_batch(2, 32)
     zero, terms = loss_fn.generator_loss(real.clone(), real, pose, keypoints)
-    assert set(terms) == {"l1", "perceptual", "local_l1", "local_perceptual"} and zero.item() == pytest.approx(0, abs=1e-6)
+    assert set(terms) == {"l1", "perceptual", "local_l1", "local_perceptual"} and zero.item() == pytest.approx(
+        0, abs=1e-6
+    )
 
     fake = (real + 0.1 * torch.randn_like(real)).requires_grad_(True)
     total, terms = loss_fn.generator_loss(fake, real, pose, keypoints)
@@ -217,7 +221,9 @@ def test_generator_loss_terms():
     face_only = torch.full((2, 18, 2), float("nan"))
     face_only[0, [0, 14, 15, 16, 17]] = keypoints[0, [0, 14, 15, 16, 17]]
     _, terms = loss_fn.generator_loss(fake, real, pose, face_only)
-    crops = crop_keypoint_regions(torch.cat([fake, real], 1).detach(), face_only, parts=["face"], output_size=8)["face"][0]
+    crops = crop_keypoint_regions(torch.cat([fake, real], 1).detach(), face_only, parts=["face"], output_size=8)[
+        "face"
+    ][0]
     assert terms["local_l1"] == pytest.approx((crops[0, :3] - crops[0, 3:]).abs().mean().item(), rel=1e-5)
 
     # Every joint missing: the local terms are zero (but still computed, so every process runs the same graph).

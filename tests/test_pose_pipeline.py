@@ -21,7 +21,9 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def pipe():
     torch.manual_seed(0)
-    generator = PoseTransferGenerator(start_resolution=16, final_resolution=SIZE, base_channels=4, max_channels=8, bottleneck_depth=1)
+    generator = PoseTransferGenerator(
+        start_resolution=16, final_resolution=SIZE, base_channels=4, max_channels=8, bottleneck_depth=1
+    )
     generator.grow(fade_in_alpha=0.5)
     pipeline = PoseTransferPipeline(generator)
     pipeline.set_progress_bar_config(disable=True)
@@ -72,10 +74,15 @@ def test_pose_forms_agree(pipe):
     # OpenPose JSON: (x, y, confidence) triples, confidence 0 = missing.
     triples = np.concatenate([np.nan_to_num(target, nan=0.0), (~np.isnan(target[:, :1])).astype(np.float32)], axis=1)
     openpose = {"people": [{"pose_keypoints_2d": triples.ravel().tolist()}]}
-    np.testing.assert_array_equal(pipe(reference, openpose, reference_pose=reference_pose, output_type="np").images, base)
+    np.testing.assert_array_equal(
+        pipe(reference, openpose, reference_pose=reference_pose, output_type="np").images, base
+    )
     # -1 marks a missing joint like NaN; nested lists and tensors are keypoints too.
     minus_one = np.where(np.isnan(target), -1, target)
-    np.testing.assert_array_equal(pipe(reference, minus_one.tolist(), reference_pose=torch.from_numpy(reference_pose), output_type="np").images, base)
+    np.testing.assert_array_equal(
+        pipe(reference, minus_one.tolist(), reference_pose=torch.from_numpy(reference_pose), output_type="np").images,
+        base,
+    )
     # A rendered pose image (at another size) is parsed back to keypoints: close, not identical.
     skeleton = render_skeleton(target * 4, SIZE * 4, SIZE * 4)
     parsed = pipe(reference, skeleton, reference_pose=reference_pose, output_type="np").images
@@ -108,7 +115,11 @@ def test_image_modes_become_rgb(pipe):
 
 
 def test_batches_and_count_mismatch(pipe):
-    images, targets, references = [image(0), image(1), image(2)], [pose(3), pose(4), pose(5)], [pose(6), pose(7), pose(8)]
+    images, targets, references = (
+        [image(0), image(1), image(2)],
+        [pose(3), pose(4), pose(5)],
+        [pose(6), pose(7), pose(8)],
+    )
     batched = pipe(images, targets, reference_pose=references, batch_size=2, output_type="np").images
     single = pipe(images[1], targets[1], reference_pose=references[1], output_type="np").images
     assert batched.shape == (3, SIZE, SIZE, 3)
@@ -195,9 +206,13 @@ def test_push_to_hub_uploads_the_same_layout(pipe, tmp_path, monkeypatch):
     from diffusers.utils import hub_utils
 
     monkeypatch.setattr(hub_utils, "create_repo", lambda repo_id, **kwargs: Repo(), raising=False)
-    monkeypatch.setattr(hub_utils, "load_or_create_model_card", lambda *a, **k: __import__("huggingface_hub").ModelCard("card"))
+    monkeypatch.setattr(
+        hub_utils, "load_or_create_model_card", lambda *a, **k: __import__("huggingface_hub").ModelCard("card")
+    )
     pipe.push_to_hub("user/pose")
-    assert (uploaded / "pipeline_pose_transfer.py").is_file() and (uploaded / "generator" / "modeling_pose_transfer.py").is_file()
+    assert (uploaded / "pipeline_pose_transfer.py").is_file() and (
+        uploaded / "generator" / "modeling_pose_transfer.py"
+    ).is_file()
     reloaded = PoseTransferPipeline.from_pretrained(uploaded)
     reloaded.set_progress_bar_config(disable=True)
     np.testing.assert_array_equal(
@@ -234,8 +249,18 @@ def test_saved_layout_loads_as_remote_code_without_the_package(pipe, tmp_path):
     (tmp_path / "load.py").write_text(_REMOTE_LOADER)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
-        [sys.executable, str(tmp_path / "load.py"), str(folder), str(tmp_path / "inputs.npz"), str(tmp_path / "out.npy")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(tmp_path / "load.py"),
+            str(folder),
+            str(tmp_path / "inputs.npz"),
+            str(tmp_path / "out.npy"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "diffusers_modules" in result.stdout

@@ -93,20 +93,30 @@ def test_resume_mid_phase_matches_the_uninterrupted_run(pairs, tmp_path):
 
     (tmp_path / "resumed" / "checkpoints").mkdir(parents=True)
     shutil.copytree(checkpoint, tmp_path / "resumed" / "checkpoints" / "checkpoint-6")
-    resumed = tiny_config(tmp_path / "resumed", checkpoint_every_images=6, save_total_limit=10, num_samples=0, resume_from_checkpoint="latest")
+    resumed = tiny_config(
+        tmp_path / "resumed",
+        checkpoint_every_images=6,
+        save_total_limit=10,
+        num_samples=0,
+        resume_from_checkpoint="latest",
+    )
     output = train_pose_transfer(resumed, pairs)
     assert output.state.images_seen == 20
     final = tmp_path / "full" / "checkpoints" / "checkpoint-20"
     for part in ("generator", "generator_ema", "discriminator", "local_discriminator"):
         expected = load_file(final / part / "diffusion_pytorch_model.safetensors")
-        actual = load_file(tmp_path / "resumed" / "checkpoints" / "checkpoint-20" / part / "diffusion_pytorch_model.safetensors")
+        actual = load_file(
+            tmp_path / "resumed" / "checkpoints" / "checkpoint-20" / part / "diffusion_pytorch_model.safetensors"
+        )
         for name in expected:
             torch.testing.assert_close(actual[name], expected[name], atol=1e-6, rtol=1e-5, msg=f"{part}.{name}")
 
 
 def test_time_budget(pairs, tmp_path):
     # A hard stop: nothing fits in a millisecond, the generator stays at stage 0.
-    stopped = train_pose_transfer(tiny_config(tmp_path / "hard", max_seconds=1e-3, fit_schedule_to_time=False, num_samples=0), pairs)
+    stopped = train_pose_transfer(
+        tiny_config(tmp_path / "hard", max_seconds=1e-3, fit_schedule_to_time=False, num_samples=0), pairs
+    )
     assert stopped.state.stopped_by_budget and stopped.pipeline.generator.stage == 0
     # Fitted to the budget, the phases share it and the run still ends at the final stage.
     fitted = train_pose_transfer(tiny_config(tmp_path / "fitted", max_seconds=1e-3, num_samples=0), pairs)
@@ -114,7 +124,9 @@ def test_time_budget(pairs, tmp_path):
 
 
 def test_direct_training_without_local_losses(pairs, tmp_path):
-    output = train_pose_transfer(tiny_config(tmp_path / "direct", direct=True, use_local_losses=False, num_samples=0), pairs)
+    output = train_pose_transfer(
+        tiny_config(tmp_path / "direct", direct=True, use_local_losses=False, num_samples=0), pairs
+    )
     assert output.state.images_seen == 20
     assert {entry["stage"] for entry in output.state.log_history} == {1}
     assert {entry["alpha"] for entry in output.state.log_history} == {1.0}
@@ -132,15 +144,36 @@ def test_config_validation():
     with pytest.raises(ValueError, match="max_seconds"):
         PoseTransferTrainingConfig(max_seconds=0)
     with pytest.raises(ValueError, match="resume_from_checkpoint"):
-        train_pose_transfer(PoseTransferTrainingConfig(resume_from_checkpoint="/no/such/checkpoint"), train_dataset=[0])
+        train_pose_transfer(
+            PoseTransferTrainingConfig(resume_from_checkpoint="/no/such/checkpoint"), train_dataset=[0]
+        )
 
 
 def _cli_args(output_dir):
-    args = ["--output_dir", str(output_dir), "--num_synthetic_pairs", "4", "--images_per_stage", "4", "--images_per_fade_in", "2"]
+    args = [
+        "--output_dir",
+        str(output_dir),
+        "--num_synthetic_pairs",
+        "4",
+        "--images_per_stage",
+        "4",
+        "--images_per_fade_in",
+        "2",
+    ]
     for key in ("start_resolution", "final_resolution", "batch_sizes"):
         args += [f"--{key}", *map(str, TINY[key])]
-    for key in ("base_channels", "max_channels", "bottleneck_depth", "perceptual_weight", "local_perceptual_weight",
-                "discriminator_channels", "local_discriminator_channels", "adversarial_stages", "crop_size", "num_samples"):
+    for key in (
+        "base_channels",
+        "max_channels",
+        "bottleneck_depth",
+        "perceptual_weight",
+        "local_perceptual_weight",
+        "discriminator_channels",
+        "local_discriminator_channels",
+        "adversarial_stages",
+        "crop_size",
+        "num_samples",
+    ):
         args += [f"--{key}", str(TINY[key])]
     return args
 
@@ -150,7 +183,9 @@ def test_script_trains_and_pushes_with_a_model_card(tmp_path, monkeypatch):
     from hf_ext.trainers.pose_transfer import main
 
     pushed = {}
-    monkeypatch.setattr(training, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.update(folder=folder, repo_id=repo_id))
+    monkeypatch.setattr(
+        training, "push_folder_to_hub", lambda folder, repo_id, **kw: pushed.update(folder=folder, repo_id=repo_id)
+    )
     assert main(_cli_args(tmp_path / "cli") + ["--push_to_hub", "--hub_model_id", "me/pose"]) == 0
     assert pushed == {"folder": str(tmp_path / "cli"), "repo_id": "me/pose"}
     card = (tmp_path / "cli" / "README.md").read_text()
@@ -161,8 +196,19 @@ def test_script_trains_and_pushes_with_a_model_card(tmp_path, monkeypatch):
 @pytest.mark.multiproc
 def test_two_processes_with_accelerate(tmp_path):
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "trainers" / "pose_transfer.py"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO / "trainers" / "pose_transfer.py"),
         *_cli_args(tmp_path / "ddp"),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -176,4 +222,6 @@ def test_two_processes_with_accelerate(tmp_path):
     pipe = PoseTransferPipeline.from_pretrained(tmp_path / "ddp")
     pipe.set_progress_bar_config(disable=True)
     keypoints = np.full((18, 2), 16.0, dtype=np.float32)
-    assert pipe(np.zeros((32, 32, 3), np.uint8), keypoints, reference_pose=keypoints, output_type="np").images.shape == (1, 32, 32, 3)
+    assert pipe(
+        np.zeros((32, 32, 3), np.uint8), keypoints, reference_pose=keypoints, output_type="np"
+    ).images.shape == (1, 32, 32, 3)

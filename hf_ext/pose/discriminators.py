@@ -28,7 +28,11 @@ def _patch_discriminator(in_channels: int, base_channels: int, num_layers: int, 
         out = base_channels * min(2**index, 8)
         layers += [wrap(nn.Conv2d(channels, out, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
         channels = out
-    layers += [wrap(nn.Conv2d(channels, channels, 3, padding=1)), nn.LeakyReLU(0.2), wrap(nn.Conv2d(channels, 1, 3, padding=1))]
+    layers += [
+        wrap(nn.Conv2d(channels, channels, 3, padding=1)),
+        nn.LeakyReLU(0.2),
+        wrap(nn.Conv2d(channels, 1, 3, padding=1)),
+    ]
     return nn.Sequential(*layers)
 
 
@@ -127,5 +131,7 @@ class LocalPatchDiscriminator(ModelMixin, ConfigMixin):
         """
         unknown = [part for part in crops if part not in self.discriminators]
         if unknown:
-            raise ValueError(f"crops has parts {unknown} without a discriminator; expected {list(self.discriminators)}")
+            raise ValueError(
+                f"crops has parts {unknown} without a discriminator; expected {list(self.discriminators)}"
+            )
         return {part: self.discriminators[part](crop) for part, crop in crops.items()}

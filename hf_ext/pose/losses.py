@@ -109,7 +109,9 @@ class VGG19Features(nn.Module):
         own = model.features.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
-            raise ValueError(f"{path} is not a VGG19 checkpoint: it lacks features.{missing[0]} (and {len(missing) - 1} more)")
+            raise ValueError(
+                f"{path} is not a VGG19 checkpoint: it lacks features.{missing[0]} (and {len(missing) - 1} more)"
+            )
         model.features.load_state_dict({k: state[k] for k in own})
         return model
 
@@ -156,13 +158,19 @@ class PerceptualLoss(nn.Module):
             for name, weight in self.layer_weights.items()
         )
 
-    def forward(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The loss averaged over the batch, or over the examples where the bool `mask` (batch,) is True."""
         return masked_mean(self.per_example(prediction, target), mask)
 
 
 def adversarial_loss(
-    logits: torch.Tensor, real: bool, mode: str = "hinge", for_discriminator: bool = True, mask: torch.Tensor | None = None
+    logits: torch.Tensor,
+    real: bool,
+    mode: str = "hinge",
+    for_discriminator: bool = True,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GAN loss on discriminator logits.
 
@@ -237,7 +245,9 @@ class PoseTransferLoss(nn.Module):
         if negative:
             raise ValueError(f"loss weights must be >= 0, got {negative}")
         if perceptual is None and (perceptual_weight > 0 or local_perceptual_weight > 0):
-            raise ValueError("perceptual must be a PerceptualLoss when perceptual_weight or local_perceptual_weight > 0")
+            raise ValueError(
+                "perceptual must be a PerceptualLoss when perceptual_weight or local_perceptual_weight > 0"
+            )
         if adversarial_mode not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial_mode={adversarial_mode!r}; expected one of {list(ADVERSARIAL_LOSSES)}")
         self.perceptual = perceptual
@@ -259,7 +269,9 @@ class PoseTransferLoss(nn.Module):
         regions = crop_keypoint_regions(
             torch.cat([fake, real], dim=1), target_keypoints, parts=self.parts, output_size=self.crop_size
         )
-        return {part: (crops[:, :channels], crops[:, channels:], present) for part, (crops, present) in regions.items()}
+        return {
+            part: (crops[:, :channels], crops[:, channels:], present) for part, (crops, present) in regions.items()
+        }
 
     @staticmethod
     def _mean_over_parts(per_part: dict, crops: dict) -> torch.Tensor:
@@ -305,9 +317,11 @@ class PoseTransferLoss(nn.Module):
             terms["perceptual"] = w["perceptual_weight"] * self.perceptual(fake, real)
         if discriminator is not None and w["adversarial_weight"] > 0:
             logits = discriminator(fake, target_pose)
-            terms["adversarial"] = w["adversarial_weight"] * sum(
-                adversarial_loss(l, True, self.adversarial_mode, for_discriminator=False) for l in logits
-            ) / len(logits)
+            terms["adversarial"] = (
+                w["adversarial_weight"]
+                * sum(adversarial_loss(l, True, self.adversarial_mode, for_discriminator=False) for l in logits)
+                / len(logits)
+            )
         if self.uses_local_terms:
             crops = self.crops(fake, real, target_keypoints)
             fake_crops = torch.cat([f for f, _, _ in crops.values()])
@@ -362,9 +376,9 @@ class PoseTransferLoss(nn.Module):
             losses = {}
             for part, (_, _, present) in crops.items():
                 real_logits, fake_logits = logits[part].chunk(2)
-                losses[part] = adversarial_loss(real_logits, True, self.adversarial_mode, mask=present) + adversarial_loss(
-                    fake_logits, False, self.adversarial_mode, mask=present
-                )
+                losses[part] = adversarial_loss(
+                    real_logits, True, self.adversarial_mode, mask=present
+                ) + adversarial_loss(fake_logits, False, self.adversarial_mode, mask=present)
             terms["d_local"] = self._mean_over_parts(losses, crops)
         total = sum(terms.values()) if terms else real.sum() * 0
         return total, {name: float(value.detach()) for name, value in terms.items()}

@@ -143,7 +143,7 @@ class PoseTransferGenerator(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"final_resolution={final} must be start_resolution={start} times one power of two on both sides"
             )
-        if bottleneck_depth < 0 or start[0] % 2**bottleneck_depth or start[1] % 2**bottleneck_depth:
+        if bottleneck_depth < 0 or start[0] % 2 ** bottleneck_depth or start[1] % 2**bottleneck_depth:
             raise ValueError(
                 f"bottleneck_depth={bottleneck_depth} must be >= 0 with start_resolution={start} divisible by "
                 f"2 ** bottleneck_depth = {2**bottleneck_depth}"
@@ -202,11 +202,15 @@ class PoseTransferGenerator(ModelMixin, ConfigMixin):
     # ----------------------------------------------------------------------------------
     def _check_stage(self, stage, alpha):
         if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage < self.num_stages:
-            raise ValueError(f"stage={stage!r} must be an int in [0, {self.num_stages - 1}] (resolutions {self.resolutions})")
+            raise ValueError(
+                f"stage={stage!r} must be an int in [0, {self.num_stages - 1}] (resolutions {self.resolutions})"
+            )
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"fade_in_alpha={alpha!r} must be in [0, 1]")
         if stage == 0 and alpha != 1.0:
-            raise ValueError(f"fade_in_alpha={alpha!r} must be 1.0 at stage 0: the first stage has nothing to fade from")
+            raise ValueError(
+                f"fade_in_alpha={alpha!r} must be 1.0 at stage 0: the first stage has nothing to fade from"
+            )
 
     @property
     def stage(self) -> int:
@@ -306,7 +310,10 @@ class PoseTransferGenerator(ModelMixin, ConfigMixin):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4 or tensor.shape[1] != expected[name]:
                 shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 raise ValueError(f"{name} must be a (batch, {expected[name]}, height, width) tensor, got {shape}")
-        if len({tuple(t.shape[-2:]) for t in tensors.values()}) != 1 or len({t.shape[0] for t in tensors.values()}) != 1:
+        if (
+            len({tuple(t.shape[-2:]) for t in tensors.values()}) != 1
+            or len({t.shape[0] for t in tensors.values()}) != 1
+        ):
             raise ValueError(
                 "reference_image, reference_pose and target_pose must share batch size and (height, width), got "
                 f"{[tuple(t.shape) for t in tensors.values()]}"
@@ -346,7 +353,9 @@ class PoseTransferGenerator(ModelMixin, ConfigMixin):
         for d in range(depth - 1, -1, -1):
             skip = skips[depth - 1 - d]
             hidden = self._resize(hidden, skip.shape[-2:])
-            hidden = self.bottleneck_decoder[d](torch.cat([hidden, skip, self._resize(target_pose, skip.shape[-2:])], 1))
+            hidden = self.bottleneck_decoder[d](
+                torch.cat([hidden, skip, self._resize(target_pose, skip.shape[-2:])], 1)
+            )
         image = previous_rgb = None
         for s in range(stage + 1):
             skip = skips[depth + s]

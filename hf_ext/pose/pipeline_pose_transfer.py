@@ -27,7 +27,13 @@ from diffusers.utils import BaseOutput, logging
 from huggingface_hub import create_repo
 
 from .modeling_pose_transfer import PoseTransferGenerator
-from .pose_encoding import NUM_KEYPOINTS, keypoints_from_skeleton, normalize_keypoints, render_heatmaps, rescale_keypoints
+from .pose_encoding import (
+    NUM_KEYPOINTS,
+    keypoints_from_skeleton,
+    normalize_keypoints,
+    render_heatmaps,
+    rescale_keypoints,
+)
 
 
 logger = logging.get_logger(__name__)
@@ -211,7 +217,9 @@ class PoseTransferPipeline(DiffusionPipeline):
     # ----------------------------------------------------------------------------------
     # Inputs
     # ----------------------------------------------------------------------------------
-    def prepare_inputs(self, reference_image, target_pose, reference_pose=None, resolution=None, target_pose_size=None):
+    def prepare_inputs(
+        self, reference_image, target_pose, reference_pose=None, resolution=None, target_pose_size=None
+    ):
         """Validates and converts a batch to the generator's three input tensors.
 
         Args: as in `__call__`.
@@ -221,12 +229,18 @@ class PoseTransferPipeline(DiffusionPipeline):
             and target pose heatmaps (B, 18, h, w), at `resolution` (default: the generator's current stage).
         """
         generator = self.generator
-        height, width = generator.resolution if resolution is None else generator.resolutions[
-            generator.stage_for_resolution(resolution)
-        ]
+        height, width = (
+            generator.resolution
+            if resolution is None
+            else generator.resolutions[generator.stage_for_resolution(resolution)]
+        )
         images = _as_list(reference_image, "reference_image", _is_single_image)
         targets = _as_list(target_pose, "target_pose", _is_single_pose)
-        references = [None] * len(images) if reference_pose is None else _as_list(reference_pose, "reference_pose", _is_single_pose)
+        references = (
+            [None] * len(images)
+            if reference_pose is None
+            else _as_list(reference_pose, "reference_pose", _is_single_pose)
+        )
         if not len(images) == len(targets) == len(references):
             raise ValueError(
                 f"reference_image has {len(images)} images but target_pose has {len(targets)} poses"
@@ -250,7 +264,9 @@ class PoseTransferPipeline(DiffusionPipeline):
                 )
                 reference_frame = image_size
             else:
-                reference_keypoints, reference_frame = _pose_to_keypoints(reference, image_size, f"reference_pose[{index}]")
+                reference_keypoints, reference_frame = _pose_to_keypoints(
+                    reference, image_size, f"reference_pose[{index}]"
+                )
             frame = tuple(target_pose_size) if target_pose_size is not None else image_size
             target_keypoints, target_frame = _pose_to_keypoints(target, frame, f"target_pose[{index}]")
             tensor = torch.from_numpy(array).permute(2, 0, 1)[None]
@@ -323,7 +339,10 @@ class PoseTransferPipeline(DiffusionPipeline):
         outputs = []
         chunks = range(0, images.shape[0], batch_size)
         for start in self.progress_bar(chunks):
-            batch = [t[start : start + batch_size].to(self._execution_device, dtype) for t in (images, reference_maps, target_maps)]
+            batch = [
+                t[start : start + batch_size].to(self._execution_device, dtype)
+                for t in (images, reference_maps, target_maps)
+            ]
             outputs.append(self.generator(*batch).sample.float().cpu())
         image = self.image_processor.postprocess(torch.cat(outputs), output_type=output_type)
 
@@ -371,9 +390,7 @@ class PoseTransferPipeline(DiffusionPipeline):
         if reference_pose is None:
             # Estimated once, not per frame.
             reference_pose = _estimate_keypoints(array, "reference_image (reference_pose=None)")
-        frames = self(
-            [array] * len(poses), poses, [reference_pose] * len(poses), output_type="pil", **kwargs
-        ).images
+        frames = self([array] * len(poses), poses, [reference_pose] * len(poses), output_type="pil", **kwargs).images
         if output_path is not None:
             _write_video(frames, str(output_path), fps)
         return frames
@@ -396,7 +413,9 @@ class PoseTransferPipeline(DiffusionPipeline):
         """
         if not safe_serialization:
             raise ValueError("safe_serialization=False is not supported: pipelines are saved as safetensors")
-        hub_options = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs}
+        hub_options = {
+            k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs
+        }
         super().save_pretrained(save_directory, safe_serialization=True, **kwargs)
         source = os.path.dirname(os.path.abspath(__file__))
         for name in _CODE_FILES:
@@ -449,7 +468,9 @@ class PoseTransferPipeline(DiffusionPipeline):
             )
         generator = kwargs.pop("generator", None)
         if generator is None:
-            generator = PoseTransferGenerator.from_pretrained(pretrained_model_name_or_path, subfolder="generator", **kwargs)
+            generator = PoseTransferGenerator.from_pretrained(
+                pretrained_model_name_or_path, subfolder="generator", **kwargs
+            )
         return cls(generator=generator)
 
 

@@ -23,7 +23,6 @@ ground truth).
 
 import copy
 import json
-import math
 import os
 import re
 import shutil
@@ -146,7 +145,9 @@ class PoseTransferTrainingConfig:
 
     images_per_stage: int = field(default=20000, metadata={"help": "Images per stable phase."})
     images_per_fade_in: int = field(default=20000, metadata={"help": "Images per fade-in phase."})
-    batch_sizes: list[int] = field(default_factory=lambda: [16, 16, 8, 4, 2], metadata={"help": "Batch size per stage."})
+    batch_sizes: list[int] = field(
+        default_factory=lambda: [16, 16, 8, 4, 2], metadata={"help": "Batch size per stage."}
+    )
     direct: bool = field(default=False, metadata={"help": "Train at the final resolution without growth."})
     max_seconds: float | None = field(default=None, metadata={"help": "Wall-clock budget in seconds."})
     fit_schedule_to_time: bool = field(default=True, metadata={"help": "Spread phases over max_seconds."})
@@ -164,7 +165,9 @@ class PoseTransferTrainingConfig:
     use_local_losses: bool = field(default=True, metadata={"help": "Local losses and local discriminators on/off."})
     adversarial_mode: str = field(default="hinge", metadata={"help": "'hinge' or 'lsgan'."})
     adversarial_stages: int = field(default=2, metadata={"help": "GAN terms at the last N stages (0: none)."})
-    vgg_weights: str | None = field(default="timm/vgg19.tv_in1k", metadata={"help": "VGG19 weights file/folder/Hub id."})
+    vgg_weights: str | None = field(
+        default="timm/vgg19.tv_in1k", metadata={"help": "VGG19 weights file/folder/Hub id."}
+    )
     perceptual_layers: list[str] = field(
         default_factory=lambda: ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"],
         metadata={"help": "VGG19 layers of the perceptual losses."},
@@ -175,7 +178,9 @@ class PoseTransferTrainingConfig:
     local_discriminator_channels: int = field(default=32, metadata={"help": "Local discriminators' base channels."})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay of the generator."})
 
-    checkpoint_every_images: int = field(default=0, metadata={"help": "Checkpoint interval in images (0: phase ends)."})
+    checkpoint_every_images: int = field(
+        default=0, metadata={"help": "Checkpoint interval in images (0: phase ends)."}
+    )
     save_total_limit: int = field(default=2, metadata={"help": "Checkpoints kept."})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "Checkpoint folder or 'latest'."})
     num_samples: int = field(default=4, metadata={"help": "Rows of the sample grid."})
@@ -232,7 +237,9 @@ class _Phase:
     images: int
 
 
-def build_schedule(num_stages: int, images_per_stage: int, images_per_fade_in: int, direct: bool = False) -> list[_Phase]:
+def build_schedule(
+    num_stages: int, images_per_stage: int, images_per_fade_in: int, direct: bool = False
+) -> list[_Phase]:
     """The phases of a run: stage 0 stable, then (fade-in, stable) per further stage; one final-stage phase if direct."""
     if direct:
         total = images_per_stage * num_stages + images_per_fade_in * (num_stages - 1)
@@ -288,7 +295,9 @@ class _PhaseBatchSampler(torch.utils.data.Sampler):
             for position in range(start + self.rank * self.batch_size, start + (self.rank + 1) * self.batch_size):
                 if position // self.num_examples != epoch:
                     epoch = position // self.num_examples
-                    order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+                    order = torch.randperm(
+                        self.num_examples, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch)
+                    )
                 indices.append(int(order[position % self.num_examples]))
             yield indices
             batch_index += 1
@@ -322,7 +331,9 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path_prefix: str):
 def _find_checkpoint(output_dir: str, resume_from_checkpoint: str) -> str | None:
     if resume_from_checkpoint != "latest":
         if not os.path.isfile(os.path.join(resume_from_checkpoint, _STATE_FILE)):
-            raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint!r} is not a checkpoint folder (no {_STATE_FILE})")
+            raise ValueError(
+                f"resume_from_checkpoint={resume_from_checkpoint!r} is not a checkpoint folder (no {_STATE_FILE})"
+            )
         return resume_from_checkpoint
     checkpoints = _list_checkpoints(output_dir)
     return checkpoints[-1] if checkpoints else None
@@ -347,7 +358,10 @@ def _sample_grid(generator: PoseTransferGenerator, batch: dict) -> Image.Image:
     height, width = output.shape[-2:]
     rows = []
     for reference, keypoints, generated, truth in zip(
-        to_uint8(batch["reference_image"]), batch["target_keypoints"].cpu().numpy(), to_uint8(output), to_uint8(batch["target_image"])
+        to_uint8(batch["reference_image"]),
+        batch["target_keypoints"].cpu().numpy(),
+        to_uint8(output),
+        to_uint8(batch["target_image"]),
     ):
         rows.append(np.concatenate([reference, render_skeleton(keypoints, height, width), generated, truth], axis=1))
     return Image.fromarray(np.concatenate(rows, axis=0))
@@ -409,17 +423,27 @@ def train_pose_transfer(
     torch.manual_seed(config.seed)
 
     # Models: from the checkpoint being resumed, else fresh.
-    checkpoint = _find_checkpoint(config.output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+    checkpoint = (
+        _find_checkpoint(config.output_dir, config.resume_from_checkpoint) if config.resume_from_checkpoint else None
+    )
     use_local = config.use_local_losses
     if checkpoint is None:
         generator = PoseTransferGenerator(**config.generator_config())
         ema = copy.deepcopy(generator)
-        discriminator = MultiScalePatchDiscriminator(
-            condition_channels=generator.config.num_keypoints,
-            base_channels=config.discriminator_channels,
-            num_scales=config.discriminator_scales,
-        ) if config.adversarial_stages else None
-        local_discriminator = LocalPatchDiscriminator(parts=CROP_PARTS, base_channels=config.local_discriminator_channels) if config.adversarial_stages and use_local else None
+        discriminator = (
+            MultiScalePatchDiscriminator(
+                condition_channels=generator.config.num_keypoints,
+                base_channels=config.discriminator_channels,
+                num_scales=config.discriminator_scales,
+            )
+            if config.adversarial_stages
+            else None
+        )
+        local_discriminator = (
+            LocalPatchDiscriminator(parts=CROP_PARTS, base_channels=config.local_discriminator_channels)
+            if config.adversarial_stages and use_local
+            else None
+        )
         state = PoseTransferTrainerState()
     else:
         logger.info(f"Resuming from {checkpoint}")
@@ -429,7 +453,9 @@ def train_pose_transfer(
         if os.path.isdir(os.path.join(checkpoint, "discriminator")):
             discriminator = MultiScalePatchDiscriminator.from_pretrained(os.path.join(checkpoint, "discriminator"))
         if os.path.isdir(os.path.join(checkpoint, "local_discriminator")):
-            local_discriminator = LocalPatchDiscriminator.from_pretrained(os.path.join(checkpoint, "local_discriminator"))
+            local_discriminator = LocalPatchDiscriminator.from_pretrained(
+                os.path.join(checkpoint, "local_discriminator")
+            )
         with open(os.path.join(checkpoint, _STATE_FILE), encoding="utf-8") as f:
             state = PoseTransferTrainerState(**json.load(f)["state"])
         state.stopped_by_budget = False  # a resumed run continues under the new budget
@@ -439,19 +465,29 @@ def train_pose_transfer(
             model.train()  # from_pretrained returns eval mode; spectral norm iterates only in training mode
 
     critics = [m for m in (discriminator, local_discriminator) if m is not None]
-    optimizer = torch.optim.Adam(generator.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2))
-    d_optimizer = torch.optim.Adam(
-        [p for m in critics for p in m.parameters()],
-        lr=config.discriminator_learning_rate,
-        betas=(config.adam_beta1, config.adam_beta2),
-    ) if critics else None
+    optimizer = torch.optim.Adam(
+        generator.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2)
+    )
+    d_optimizer = (
+        torch.optim.Adam(
+            [p for m in critics for p in m.parameters()],
+            lr=config.discriminator_learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+        )
+        if critics
+        else None
+    )
     if checkpoint is not None:
         _load_optimizer(optimizer, os.path.join(checkpoint, "optimizer"))
         if d_optimizer is not None:
             _load_optimizer(d_optimizer, os.path.join(checkpoint, "discriminator_optimizer"))
 
     needs_vgg = config.perceptual_weight > 0 or (use_local and config.local_perceptual_weight > 0)
-    perceptual = PerceptualLoss(VGG19Features.from_pretrained(config.vgg_weights, config.perceptual_layers)) if needs_vgg else None
+    perceptual = (
+        PerceptualLoss(VGG19Features.from_pretrained(config.vgg_weights, config.perceptual_layers))
+        if needs_vgg
+        else None
+    )
     loss_fn = PoseTransferLoss(
         perceptual,
         l1_weight=config.l1_weight,
@@ -483,7 +519,11 @@ def train_pose_transfer(
     sample_batch = None
 
     run_start = time.perf_counter() - state.elapsed_seconds
-    checkpoint_due = (state.images_seen // config.checkpoint_every_images + 1) * config.checkpoint_every_images if config.checkpoint_every_images else None
+    checkpoint_due = (
+        (state.images_seen // config.checkpoint_every_images + 1) * config.checkpoint_every_images
+        if config.checkpoint_every_images
+        else None
+    )
 
     def elapsed() -> float:
         seconds = torch.tensor([time.perf_counter() - run_start], dtype=torch.float64, device=device)
@@ -551,14 +591,30 @@ def train_pose_transfer(
             _update_ema(ema, generator, decay)
             progress.update(batch_size * world)
             if state.global_step % config.logging_steps == 0:
-                entry = {"step": state.global_step, "images": state.images_seen, "stage": phase.stage,
-                         "alpha": generator.fade_in_alpha, "seconds": round(now, 2), **logs}
+                entry = {
+                    "step": state.global_step,
+                    "images": state.images_seen,
+                    "stage": phase.stage,
+                    "alpha": generator.fade_in_alpha,
+                    "seconds": round(now, 2),
+                    **logs,
+                }
                 state.log_history.append(entry)
                 progress.set_postfix({k: round(v, 4) for k, v in logs.items()})
                 logger.info(str(entry))
             if checkpoint_due is not None and state.images_seen >= checkpoint_due:
                 state.elapsed_seconds = elapsed()
-                _save_checkpoint(config, accelerator, generator, ema, discriminator, local_discriminator, optimizer, d_optimizer, state)
+                _save_checkpoint(
+                    config,
+                    accelerator,
+                    generator,
+                    ema,
+                    discriminator,
+                    local_discriminator,
+                    optimizer,
+                    d_optimizer,
+                    state,
+                )
                 checkpoint_due += config.checkpoint_every_images
         progress.close()
         state.elapsed_seconds = elapsed()
@@ -574,7 +630,9 @@ def train_pose_transfer(
             _sample_grid(ema, collated).save(
                 os.path.join(config.output_dir, "samples", f"stage-{phase.stage}-{height}x{width}.png")
             )
-        _save_checkpoint(config, accelerator, generator, ema, discriminator, local_discriminator, optimizer, d_optimizer, state)
+        _save_checkpoint(
+            config, accelerator, generator, ema, discriminator, local_discriminator, optimizer, d_optimizer, state
+        )
 
     pipeline = PoseTransferPipeline(generator=ema)
     if accelerator.is_main_process:
@@ -599,14 +657,24 @@ def _training_step(batch, generator, discriminator, local_discriminator, optimiz
     critics_active = discriminator is not None or local_discriminator is not None
     if critics_active:
         d_loss, d_logs = loss_fn.discriminator_loss(
-            fake, batch["target_image"], batch["target_heatmaps"], batch["target_keypoints"], discriminator, local_discriminator
+            fake,
+            batch["target_image"],
+            batch["target_heatmaps"],
+            batch["target_keypoints"],
+            discriminator,
+            local_discriminator,
         )
         d_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(d_loss)
         d_optimizer.step()
         logs.update(d_logs)
     g_loss, g_logs = loss_fn.generator_loss(
-        fake, batch["target_image"], batch["target_heatmaps"], batch["target_keypoints"], discriminator, local_discriminator
+        fake,
+        batch["target_image"],
+        batch["target_heatmaps"],
+        batch["target_keypoints"],
+        discriminator,
+        local_discriminator,
     )
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(g_loss)
@@ -617,7 +685,9 @@ def _training_step(batch, generator, discriminator, local_discriminator, optimiz
     return logs
 
 
-def _save_checkpoint(config, accelerator, generator, ema, discriminator, local_discriminator, optimizer, d_optimizer, state):
+def _save_checkpoint(
+    config, accelerator, generator, ema, discriminator, local_discriminator, optimizer, d_optimizer, state
+):
     """Writes checkpoint-<images seen> (safetensors + JSON) atomically: a crash mid-write leaves older ones intact."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -637,7 +707,9 @@ def _save_checkpoint(config, accelerator, generator, ema, discriminator, local_d
             _save_optimizer(d_optimizer, os.path.join(partial, "discriminator_optimizer"))
         with open(os.path.join(partial, _STATE_FILE), "w", encoding="utf-8") as f:
             json.dump(
-                {"state": asdict(state), "config": asdict(config), "num_processes": accelerator.num_processes}, f, indent=2
+                {"state": asdict(state), "config": asdict(config), "num_processes": accelerator.num_processes},
+                f,
+                indent=2,
             )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(partial, final)
