@@ -55,8 +55,8 @@ _checkout_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isfile(os.path.join(_checkout_root, "trainers", "__init__.py")):
     __path__.append(_checkout_root)
 
-# Registers attn_implementation="conv_basis" with transformers (attention and mask functions).
-from .attention import integration as _conv_basis_integration  # noqa: E402, F401
+# Registers attn_implementation="conv_basis" with transformers as soon as transformers loads its attention interface.
+from .attention import registration as _conv_basis_registration  # noqa: E402, F401
 
 
 def __getattr__(name):

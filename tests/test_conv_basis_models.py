@@ -205,3 +205,19 @@ def test_auto_policy_falls_back_to_exact_attention_on_content_dependent_heads():
         paper = model(input_ids).logits
     assert ((paper - expected).abs().max() / expected.abs().max()).item() > 1e-3  # two bases do not fit random heads
     assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-4
+
+
+def test_importing_hf_ext_is_cheap_and_registration_happens_when_transformers_loads():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hf_ext\n"
+        "print('torch' in sys.modules, 'transformers.modeling_utils' in sys.modules)\n"
+        "from transformers import AttentionInterface\n"
+        "from transformers.masking_utils import AttentionMaskInterface\n"
+        "print('conv_basis' in AttentionInterface(), 'conv_basis' in AttentionMaskInterface())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "True", "True"]
