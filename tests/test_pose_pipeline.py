@@ -176,14 +176,19 @@ def test_save_and_load_round_trip_exactly(pipe, tmp_path):
     assert index["_class_name"] == ["pipeline_pose_transfer", "PoseTransferPipeline"]
     assert index["generator"] == ["modeling_pose_transfer", "PoseTransferGenerator"]
     assert (tmp_path / "generator" / "diffusion_pytorch_model.safetensors").is_file()
-    reloaded = PoseTransferPipeline.from_pretrained(tmp_path)
-    reloaded.set_progress_bar_config(disable=True)
-    assert reloaded.generator.stage == 1 and reloaded.generator.fade_in_alpha == 0.5
-    args = (image(0), pose(1))
-    np.testing.assert_array_equal(
-        reloaded(*args, reference_pose=pose(2), output_type="np").images,
-        pipe(*args, reference_pose=pose(2), output_type="np").images,
-    )
+    from hf_ext.testing import place_in_hub_cache
+
+    place_in_hub_cache(tmp_path, "user/pose-transfer", tmp_path / "cache")
+    expected = pipe(image(0), pose(1), reference_pose=pose(2), output_type="np").images
+    for reloaded in (
+        PoseTransferPipeline.from_pretrained(tmp_path),
+        PoseTransferPipeline.from_pretrained("user/pose-transfer", cache_dir=tmp_path / "cache"),
+    ):
+        reloaded.set_progress_bar_config(disable=True)
+        assert reloaded.generator.stage == 1 and reloaded.generator.fade_in_alpha == 0.5
+        np.testing.assert_array_equal(
+            reloaded(image(0), pose(1), reference_pose=pose(2), output_type="np").images, expected
+        )
 
 
 def test_push_to_hub_uploads_the_same_layout(pipe, tmp_path, monkeypatch):
@@ -231,11 +236,17 @@ _REMOTE_LOADER = textwrap.dedent(
     sys.meta_path.insert(0, BlockPackage())
     import numpy as np
     from diffusers import DiffusionPipeline
-    folder, inputs, output = sys.argv[1:]
-    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    folder, cache, inputs, output = sys.argv[1:]
     data = np.load(inputs)
-    images = pipe(data["image"], data["target"], reference_pose=data["reference"], output_type="np").images
-    np.save(output, images)
+    results = []
+    # From the saved folder, and by repository id from a (offline) Hub cache holding the same files.
+    for pipe in (
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True),
+        DiffusionPipeline.from_pretrained("user/pose-transfer", cache_dir=cache, trust_remote_code=True),
+    ):
+        pipe.set_progress_bar_config(disable=True)
+        results.append(pipe(data["image"], data["target"], reference_pose=data["reference"], output_type="np").images)
+    np.save(output, np.stack(results))
     assert not [m for m in sys.modules if m.startswith("hf_ext")]
     print(type(pipe).__module__, type(pipe.generator).__module__)
     """
@@ -243,8 +254,11 @@ _REMOTE_LOADER = textwrap.dedent(
 
 
 def test_saved_layout_loads_as_remote_code_without_the_package(pipe, tmp_path):
+    from hf_ext.testing import place_in_hub_cache
+
     folder = tmp_path / "saved"
     pipe.save_pretrained(folder)
+    place_in_hub_cache(folder, "user/pose-transfer", tmp_path / "cache")
     np.savez(tmp_path / "inputs.npz", image=image(0), target=pose(1), reference=pose(2))
     (tmp_path / "load.py").write_text(_REMOTE_LOADER)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -253,6 +267,7 @@ def test_saved_layout_loads_as_remote_code_without_the_package(pipe, tmp_path):
             sys.executable,
             str(tmp_path / "load.py"),
             str(folder),
+            str(tmp_path / "cache"),
             str(tmp_path / "inputs.npz"),
             str(tmp_path / "out.npy"),
         ],
@@ -265,7 +280,8 @@ def test_saved_layout_loads_as_remote_code_without_the_package(pipe, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "diffusers_modules" in result.stdout
     expected = pipe(image(0), pose(1), reference_pose=pose(2), output_type="np").images
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-6)
+    for images in np.load(tmp_path / "out.npy"):
+        np.testing.assert_allclose(images, expected, atol=1e-6)
 
 
 def test_generate_video_writes_a_gif(pipe, tmp_path):
