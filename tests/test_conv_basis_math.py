@@ -163,7 +163,9 @@ def test_auto_policy_keeps_conv_like_heads_and_computes_the_others_exactly():
     query, key = torch.cat([query, noise_query], 1), torch.cat([key, noise_key], 1)  # head 0 conv-like, head 1 not
     value = value.expand(1, 2, n, value.shape[-1]).contiguous()
     paper = conv_basis_attention(query, key, value, scaling=1.0, num_bases=2, probe_len=4)
-    auto = conv_basis_attention(query, key, value, scaling=1.0, num_bases=2, probe_len=4, policy="auto", auto_tolerance=1e-3)
+    auto = conv_basis_attention(
+        query, key, value, scaling=1.0, num_bases=2, probe_len=4, policy="auto", auto_tolerance=1e-3
+    )
     reference = dense_attention(torch.cat([logits, noise_query @ noise_key.transpose(-1, -2)], 1), value)
     assert row_relative_error(paper[:, :1], reference[:, :1]) <= 1e-5
     assert row_relative_error(paper[:, 1:], reference[:, 1:]) > 1e-2  # two bases cannot fit a random head
@@ -191,7 +193,9 @@ def test_bad_arguments_raise_naming_the_argument():
 
 def test_gradients_through_fft_segments_match_finite_differences():
     generator = torch.Generator().manual_seed(1)
-    query, key = (torch.randn(1, 1, 40, 4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    query, key = (
+        torch.randn(1, 1, 40, 4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2)
+    )
     value = torch.randn(1, 1, 40, 3, generator=generator, dtype=torch.float64, requires_grad=True)
     breakpoints = torch.tensor([[[0, 18]]])  # two segments wider than the direct-sum limit: the FFT path
 

@@ -12,7 +12,6 @@ from hf_ext.attention import integration
 from hf_ext.attention.report import main as report_main
 from hf_ext.testing import TINY_ARCHITECTURES, save_pretrained_to, tiny_causal_lm
 
-
 EXACT = {"min_seq_len": 1}  # num_bases=None: as many bases as needed
 
 

@@ -8,7 +8,6 @@ as it loads its attention interface, without importing torch or transformers its
 import importlib
 from typing import TYPE_CHECKING
 
-
 # public name -> submodule that defines it
 _LAZY_IMPORTS = {
     "ConvBasisConfig": "config",

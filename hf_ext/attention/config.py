@@ -23,7 +23,8 @@ class ConvBasisConfig:
             T, the length of the column prefix compared by the binary search.
         threshold (`float`, *optional*, defaults to `1e-4`):
             Mean absolute logit difference over the probe above which a column starts a new basis: the paper's
-            ℓ1 test `‖c_j[:T] - s[:T]‖₁ > τ` with `τ = T · threshold` (the ε/δ margin of the non-degeneracy
+            ℓ1 test `‖c_j[:T] - s[:T]‖₁ > τ` with `τ = T · threshold` (the ε/δ margin of the
+            non-degeneracy
             assumption). In exact mode, the largest entrywise difference still counted as equal.
 
         > Parameters beyond the paper
@@ -88,7 +89,8 @@ class ConvBasisConfig:
         """Validated settings from a dict such as `model.config.conv_basis` (`None` gives the defaults).
 
         Raises:
-            `TypeError` if `settings` is not a dict; `ValueError` naming the key for an unknown key or an invalid value.
+            `TypeError` if `settings` is not a dict; `ValueError` naming the key for an unknown key or an
+            invalid value.
         """
         if settings is None:
             return cls()

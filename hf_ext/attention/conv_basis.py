@@ -39,7 +39,6 @@ that keeps the basis only for heads whose error on sampled rows is under a toler
 
 import torch
 
-
 __all__ = [
     "conv_basis_decompose",
     "conv_basis_recompose",
@@ -237,7 +236,9 @@ def sampled_row_error(approx: torch.Tensor, reference: torch.Tensor, rows: torch
 def _rows_at(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """`tensor[b, h, index[b, h, ...]]` for `tensor` `(B, H, n, D)` -> `(B, H, ..., D)` (one flat index_select)."""
     batch, num_heads, n, dim = tensor.shape
-    base = (torch.arange(batch * num_heads, device=tensor.device) * n).view(batch, num_heads, *([1] * (index.ndim - 2)))
+    base = (torch.arange(batch * num_heads, device=tensor.device) * n).view(
+        batch, num_heads, *([1] * (index.ndim - 2))
+    )
     flat = tensor.reshape(-1, dim).index_select(0, (base + index.clamp(max=n - 1)).flatten())
     return flat.view(*index.shape, dim)
 
@@ -346,7 +347,9 @@ def _exact_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, thresh
     return order[..., : int(is_break.sum(-1).max())]
 
 
-def _binary_search_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first, num_bases, probe_len, threshold, fan_out=64):
+def _binary_search_breakpoints(
+    q, k, scaling, softcap, lag_start, lag_end, first, num_bases, probe_len, threshold, fan_out=64
+):
     """The paper's search, probing `fan_out` evenly spaced columns per step instead of one (same answer
     for a monotone test, log_{fan_out}(n) steps instead of log_2(n): fewer, larger tensor operations)."""
     batch, num_heads, n, _ = q.shape
@@ -362,10 +365,13 @@ def _binary_search_breakpoints(q, k, scaling, softcap, lag_start, lag_end, first
             candidates = (low[..., None] + (high - low)[..., None] * spread // fan_out).clamp(max=n - 1)
             gap = (_profile_entries(q, k, candidates, lags, scaling, softcap) - reference).abs()  # (B, H, fan, T)
             count = (~gap.isnan()).sum(-1)
-            hits = (gap.nan_to_num(0.0).sum(-1) > threshold * count) & (count > 0)  # ‖c_j[:T] - s[:T]‖₁ > T·threshold
+            # the paper's test ‖c_j[:T] - s[:T]‖₁ > T · threshold
+            hits = (gap.nan_to_num(0.0).sum(-1) > threshold * count) & (count > 0)
             first_hit = hits.long().argmax(-1, keepdim=True)  # the smallest probed column that differs
             any_hit = hits.any(-1)
-            before_hit = torch.where(first_hit > 0, candidates.gather(-1, (first_hit - 1).clamp(min=0)) + 1, low[..., None])
+            before_hit = torch.where(
+                first_hit > 0, candidates.gather(-1, (first_hit - 1).clamp(min=0)) + 1, low[..., None]
+            )
             high = torch.where(searching & any_hit, candidates.gather(-1, first_hit)[..., 0], high)
             low = torch.where(searching, torch.where(any_hit, before_hit[..., 0], candidates[..., -1] + 1), low)
         active = active & (low < n)
@@ -512,7 +518,9 @@ def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, max_
     blocks = -(-n // window)
     pad = blocks * window - n
     q_blocks = torch.nn.functional.pad(q.to(dtype), (0, 0, 0, pad)).view(batch, num_heads, blocks, window, dim)
-    k_blocks = torch.nn.functional.pad(k.to(dtype), (0, 0, window, pad)).unfold(2, 2 * window, window)  # (B, H, blocks, D, 2w)
+    k_blocks = torch.nn.functional.pad(k.to(dtype), (0, 0, window, pad)).unfold(
+        2, 2 * window, window
+    )  # (B, H, blocks, D, 2w)
     v_blocks = torch.nn.functional.pad(augmented, (window, pad)).unfold(3, 2 * window, window)  # (B, H, C, blocks, 2w)
     mask_blocks = None
     if key_mask is not None:
@@ -521,7 +529,9 @@ def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, max_
     sums, row_maxes = [], []
     for first in range(0, blocks, group):
         chosen = slice(first, min(first + group, blocks))
-        logits = _transform_logits(scaling * q_blocks[:, :, chosen] @ k_blocks[:, :, chosen], softcap)  # (B, H, g, w, 2w)
+        logits = _transform_logits(
+            scaling * q_blocks[:, :, chosen] @ k_blocks[:, :, chosen], softcap
+        )  # (B, H, g, w, 2w)
         block = torch.arange(chosen.start, chosen.stop, device=q.device)[:, None, None]
         row = block * window + torch.arange(window, device=q.device)[:, None]
         column = (block - 1) * window + torch.arange(2 * window, device=q.device)
@@ -538,7 +548,7 @@ def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, max_
 
 
 def _merge(parts):
-    """Add partial sums given as `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale."""
+    """Add partial sums `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale."""
     shift = torch.stack([log_scale for _, log_scale in parts]).amax(dim=0)
     shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
     total = None
@@ -551,7 +561,8 @@ def _merge(parts):
 def _check_attention_inputs(query, key, value):
     if query.ndim != 4 or key.ndim != 4:
         raise ValueError(
-            f"query and key must be 4-D (batch, heads, seq_len, head_dim), got shapes {tuple(query.shape)} and {tuple(key.shape)}"
+            "query and key must be 4-D (batch, heads, seq_len, head_dim), "
+            f"got shapes {tuple(query.shape)} and {tuple(key.shape)}"
         )
     if key.shape[0] != query.shape[0] or key.shape[-1] != query.shape[-1] or query.shape[1] % key.shape[1] != 0:
         raise ValueError(
@@ -559,7 +570,10 @@ def _check_attention_inputs(query, key, value):
             "and head_dim and a number of key heads dividing the number of query heads"
         )
     if value is not None and (value.ndim != 4 or value.shape[:3] != key.shape[:3]):
-        raise ValueError(f"value must have shape (batch, kv_heads, seq_len, Dv) = {tuple(key.shape[:3])} + (Dv,), got {tuple(value.shape)}")
+        raise ValueError(
+            f"value must have shape (batch, kv_heads, seq_len, Dv) = {tuple(key.shape[:3])} + (Dv,), "
+            f"got {tuple(value.shape)}"
+        )
 
 
 def conv_basis_attention(
@@ -641,7 +655,8 @@ def conv_basis_attention(
             softcap=softcap, sliding_window=sliding_window, local_window=window, sink_tokens=sink_tokens,
             key_mask=key_mask,
         )  # fmt: skip
-    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator), u = key mask.
+    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
+    # u = key mask.
     augmented = v.new_empty(v.shape[0], v.shape[1], v.shape[-1] + 1, n, dtype=fft_dtype)  # (B, H, Dv + 1, n)
     augmented[:, :, :-1] = v.transpose(-1, -2)
     augmented[:, :, -1] = 1.0
@@ -679,4 +694,3 @@ def conv_basis_attention(
             )  # fmt: skip
             output = output.index_put((b_idx, h_idx), exact[:, 0])
     return output
-

@@ -24,7 +24,6 @@ from transformers.utils import logging
 from .config import ConvBasisConfig
 from .conv_basis import conv_basis_attention, exact_attention
 
-
 logger = logging.get_logger(__name__)
 
 ATTN_IMPLEMENTATION = "conv_basis"
@@ -75,7 +74,8 @@ class ConvBasisAttention:
         Args:
             module (`torch.nn.Module`, *optional*): the attention layer (for `config`, `is_causal`).
             query (`torch.Tensor` of shape `(B, H, Lq, D)`), key/value (`(B, Hkv, Lk, D)`): keys not expanded for GQA.
-            attention_mask (`torch.Tensor`, *optional*): boolean `(B, 1, Lq, Lk)` mask from the mask function, True = attend.
+            attention_mask (`torch.Tensor`, *optional*): boolean `(B, 1, Lq, Lk)` mask from the mask function,
+                True = attend.
             scaling (`float`, *optional*): `D ** -0.5` by default.
             dropout (`float`, defaults to 0.0): attention dropout (computed exactly when positive).
             **kwargs: `sliding_window`, `softcap`, `output_attentions`, ... as passed by the model.
@@ -95,13 +95,28 @@ class ConvBasisAttention:
         causal_prefill = prefill and pattern_ok and dropout == 0.0
         recorder = _RECORDER.get()
         if causal_prefill and recorder is not None:
-            recorder(module, query, key, value, scaling=scaling, softcap=softcap, sliding_window=sliding_window, key_mask=key_mask)
+            recorder(
+                module,
+                query,
+                key,
+                value,
+                scaling=scaling,
+                softcap=softcap,
+                sliding_window=sliding_window,
+                key_mask=key_mask,
+            )
         if not causal_prefill or recorder is not None or q_len < settings.min_seq_len:
             if dropout > 0.0:
-                logger.warning_once("conv_basis: attention dropout > 0 needs the attention weights; computing exact attention.")
+                logger.warning_once(
+                    "conv_basis: attention dropout > 0 needs the attention weights; computing exact attention."
+                )
             elif prefill and not pattern_ok:
-                logger.warning_once("conv_basis: the attention mask is not causal + padding (+ window); computing exact attention.")
-            return _exact(module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window, **kwargs)
+                logger.warning_once(
+                    "conv_basis: the attention mask is not causal + padding (+ window); computing exact attention."
+                )
+            return _exact(
+                module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window, **kwargs
+            )
 
         output = conv_basis_attention(
             query,
@@ -130,7 +145,7 @@ def _model_settings(module) -> ConvBasisConfig:
 
 
 def _key_mask_from(attention_mask, sliding_window):
-    """`(key_mask, ok)`: the per-key mask when the square `attention_mask` is causal ∧ key mask (∧ window), else `ok=False`."""
+    """`(key_mask, ok)`: the per-key mask when the square mask is causal ∧ key mask (∧ window), else `ok=False`."""
     if attention_mask is None:
         return None, True
     if attention_mask.dtype != torch.bool or attention_mask.ndim != 4 or attention_mask.shape[1] != 1:
@@ -148,7 +163,9 @@ def _key_mask_from(attention_mask, sliding_window):
 def _exact(module, query, key, value, attention_mask, scaling, dropout, softcap, sliding_window, **kwargs):
     # transformers' mask already holds the window (and the cache offsets) when there is one.
     if softcap is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     num_heads = query.shape[1]
     key, value = (t.repeat_interleave(num_heads // t.shape[1], dim=1) for t in (key, value))
     output = exact_attention(
@@ -198,7 +215,9 @@ def enable_conv_basis(model, settings: ConvBasisConfig | dict | None = None, **o
     return model
 
 
-def save_conv_basis_model(model, save_directory, tokenizer=None, *, model_name=None, base_model=None, eval_results=None, **card_kwargs) -> Path:
+def save_conv_basis_model(
+    model, save_directory, tokenizer=None, *, model_name=None, base_model=None, eval_results=None, **card_kwargs
+) -> Path:
     """`save_pretrained` (settings in `config.json`) plus a model card rendered from `model_cards/conv_basis.md`.
 
     Args:

@@ -9,7 +9,6 @@ any model can be built or loaded with `attn_implementation="conv_basis"`.
 import importlib.abc
 import sys
 
-
 _TRIGGER = "transformers.modeling_utils"
 
 

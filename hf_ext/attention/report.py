@@ -101,7 +101,8 @@ def conv_basis_report(
         attention_mask (`torch.LongTensor` of shape `(B, n)`, *optional*): padding mask.
         settings (`ConvBasisConfig` or `dict`, *optional*): the settings to evaluate; the model's
             `config.conv_basis` by default. `min_seq_len` is ignored.
-        sample_rows (`int`, defaults to 64): rows per head compared with exact attention (evenly spaced, last included).
+        sample_rows (`int`, defaults to 64): rows per head compared with exact attention (evenly spaced, the
+            last included).
         **overrides: individual settings, e.g. `num_bases=8`.
 
     Returns:
@@ -171,8 +172,12 @@ class ReportArguments:
     num_bases: int | None = field(default=None, metadata={"help": "k (default: the model's setting)."})
     probe_len: int | None = field(default=None, metadata={"help": "T (default: the model's setting)."})
     threshold: float | None = field(default=None, metadata={"help": "Threshold (default: the model's setting)."})
-    local_window: int | None = field(default=None, metadata={"help": "Exact local window (default: the model's setting)."})
-    sink_tokens: int | None = field(default=None, metadata={"help": "Exact sink columns (default: the model's setting)."})
+    local_window: int | None = field(
+        default=None, metadata={"help": "Exact local window (default: the model's setting)."}
+    )
+    sink_tokens: int | None = field(
+        default=None, metadata={"help": "Exact sink columns (default: the model's setting)."}
+    )
     sample_rows: int = field(default=64, metadata={"help": "Rows per head compared with exact attention."})
     output: str | None = field(default=None, metadata={"help": "Write the report as JSON here."})
 
