@@ -11,6 +11,7 @@ its forward pass, before any layer runs. An invalid `conv_basis` dict therefore 
 `ValueError` naming the key before any attention is computed.
 """
 
+import weakref
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -57,6 +58,8 @@ class ConvBasisAttention:
 
     def __init__(self, settings: ConvBasisConfig | dict | None = None):
         self.settings = None if settings is None else ConvBasisConfig.from_dict(settings)
+        # Every layer of a forward pass gets the same mask tensor: its O(n²) pattern check runs once.
+        self._mask_check = None  # (weak reference to the mask, its version, sliding_window, result)
 
     def __call__(
         self,
@@ -91,7 +94,7 @@ class ConvBasisAttention:
         q_len, kv_len = query.shape[2], key.shape[2]
 
         prefill = getattr(module, "is_causal", True) and q_len == kv_len and q_len > 1
-        key_mask, pattern_ok = _key_mask_from(attention_mask, sliding_window) if prefill else (None, False)
+        key_mask, pattern_ok = self._check_mask(attention_mask, sliding_window) if prefill else (None, False)
         causal_prefill = prefill and pattern_ok and dropout == 0.0
         recorder = _RECORDER.get()
         if causal_prefill and recorder is not None:
@@ -137,6 +140,20 @@ class ConvBasisAttention:
             fft_dtype=getattr(torch, settings.fft_precision),
         )
         return output.transpose(1, 2).contiguous(), None
+
+    def _check_mask(self, attention_mask, sliding_window):
+        if attention_mask is None:
+            return None, True
+        cached = self._mask_check
+        if (
+            cached is not None
+            and cached[0]() is attention_mask
+            and cached[1:3] == (attention_mask._version, sliding_window)
+        ):
+            return cached[3]
+        result = _key_mask_from(attention_mask, sliding_window)
+        self._mask_check = (weakref.ref(attention_mask), attention_mask._version, sliding_window, result)
+        return result
 
 
 def _model_settings(module) -> ConvBasisConfig:
