@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
 from huggingface_hub import create_repo
 
@@ -208,7 +209,10 @@ class PoseTransferPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "generator"
 
-    def __init__(self, generator: PoseTransferGenerator):
+    # Annotated as `ModelMixin`: as remote code, diffusers executes the model file a second time for the
+    # component, so the generator's class is not the one this file imported, and a `PoseTransferGenerator`
+    # annotation would make every load warn about a type mismatch.
+    def __init__(self, generator: ModelMixin):
         super().__init__()
         self.register_modules(generator=generator)
         # Images reach the generator already resized; the processor only converts outputs.
