@@ -62,7 +62,8 @@ def test_benchmark_writes_results(tmp_path, monkeypatch):
     markdown = (tmp_path / "pose_transfer.md").read_text()
     assert "50 x the measured time of one denoising step" in markdown and "load average" in markdown
     grid = Image.open(tmp_path / "pose_transfer_samples.png")
-    assert grid.size == (32 * 7, 32 * 4)  # reference, pose, copy, 3 variants, ground truth; 4 rows
+    # reference, pose, copy, 3 variants, ground truth; 4 rows; 32-pixel tiles enlarged 4x
+    assert grid.size == (32 * 7 * 4, 32 * 4 * 4)
 
 
 def test_benchmark_rejects_bad_arguments():
