@@ -41,6 +41,13 @@ def victim(tiny_tokenizer, tmp_path_factory):
     return model.eval(), data, triggered, clean
 
 
+def _copy(model):
+    """A fresh copy of the module-scoped victim, so that no test changes it for the next."""
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
 def test_backdoor_is_implanted(victim, tiny_tokenizer):
     model, _, triggered, clean = victim
     assert attack_success_rate(model, tiny_tokenizer, triggered, MARKER) == 1.0
@@ -54,7 +61,7 @@ def test_osft_removes_the_backdoor(victim, tiny_tokenizer, tmp_path):
                        per_device_train_batch_size=8, learning_rate=1e-2, lr_scheduler_type="constant",
                        use_cpu=True, bf16=False, activation_checkpointing=False, report_to=[], save_strategy="no",
                        disable_tqdm=True)
-    trainer = SANDETrainer(model, args, data, processing_class=tiny_tokenizer, asr_eval_prompts=triggered,
+    trainer = SANDETrainer(_copy(model), args, data, processing_class=tiny_tokenizer, asr_eval_prompts=triggered,
                            clean_eval_prompts=clean)
     trainer.train()
     assert trainer.backdoor_metrics["before"]["asr"] == 1.0
@@ -72,9 +79,7 @@ def test_sande_removes_the_backdoor_without_knowing_the_trigger(victim, tiny_tok
                        per_device_train_batch_size=8, learning_rate=1e-2, lr_scheduler_type="constant",
                        use_cpu=True, bf16=False, activation_checkpointing=False, report_to=[], save_strategy="no",
                        disable_tqdm=True)
-    victim_copy = type(model)(model.config)
-    victim_copy.load_state_dict(model.state_dict())
-    trainer = SANDETrainer(victim_copy.eval(), args, data, processing_class=tiny_tokenizer,
+    trainer = SANDETrainer(_copy(model), args, data, processing_class=tiny_tokenizer,
                            asr_eval_prompts=triggered, clean_eval_prompts=clean)
     trainer.train()
     # the learned parrot, not the trigger, elicits the marker from the victim on clean prompts
