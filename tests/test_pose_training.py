@@ -118,6 +118,10 @@ def test_time_budget(pairs, tmp_path):
         tiny_config(tmp_path / "hard", max_seconds=1e-3, fit_schedule_to_time=False, num_samples=0), pairs
     )
     assert stopped.state.stopped_by_budget and stopped.pipeline.generator.stage == 0
+    on_cpu_clock = tiny_config(
+        tmp_path / "cpu", max_seconds=1e-3, budget_clock="cpu", fit_schedule_to_time=False, num_samples=0
+    )
+    assert train_pose_transfer(on_cpu_clock, pairs).state.stopped_by_budget
     # Fitted to the budget, the phases share it and the run still ends at the final stage.
     fitted = train_pose_transfer(tiny_config(tmp_path / "fitted", max_seconds=1e-3, num_samples=0), pairs)
     assert not fitted.state.stopped_by_budget and fitted.pipeline.generator.stage == 1
@@ -143,6 +147,8 @@ def test_config_validation():
         PoseTransferTrainingConfig(adversarial_mode="wgan")
     with pytest.raises(ValueError, match="max_seconds"):
         PoseTransferTrainingConfig(max_seconds=0)
+    with pytest.raises(ValueError, match="budget_clock"):
+        PoseTransferTrainingConfig(budget_clock="gpu")
     with pytest.raises(ValueError, match="resume_from_checkpoint"):
         train_pose_transfer(
             PoseTransferTrainingConfig(resume_from_checkpoint="/no/such/checkpoint"), train_dataset=[0]

@@ -87,7 +87,9 @@ class PoseTransferTrainingConfig:
             the last value repeats for further stages.
         direct (`bool`, *optional*, defaults to `False`): train at the final resolution from the start (no growth),
             for `images_per_stage * num_stages + images_per_fade_in * (num_stages - 1)` images.
-        max_seconds (`float`, *optional*): wall-clock budget of the run (including resumed time).
+        max_seconds (`float`, *optional*): time budget of the run (including resumed time), on `budget_clock`.
+        budget_clock (`str`, *optional*, defaults to `"wall"`): `"wall"` (elapsed time) or `"cpu"` (this process's
+            CPU time, which keeps budgets comparable on a shared machine whose load changes).
         fit_schedule_to_time (`bool`, *optional*, defaults to `True`): with `max_seconds`, phases share the budget in
             proportion to their images instead of running to their image counts.
 
@@ -150,6 +152,7 @@ class PoseTransferTrainingConfig:
     )
     direct: bool = field(default=False, metadata={"help": "Train at the final resolution without growth."})
     max_seconds: float | None = field(default=None, metadata={"help": "Wall-clock budget in seconds."})
+    budget_clock: str = field(default="wall", metadata={"help": "Clock of max_seconds: 'wall' or 'cpu'."})
     fit_schedule_to_time: bool = field(default=True, metadata={"help": "Spread phases over max_seconds."})
 
     learning_rate: float = field(default=2e-4, metadata={"help": "Generator learning rate."})
@@ -209,6 +212,8 @@ class PoseTransferTrainingConfig:
             raise ValueError(f"batch_sizes must be positive ints, got {self.batch_sizes}")
         if self.max_seconds is not None and not self.max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
+        if self.budget_clock not in ("wall", "cpu"):
+            raise ValueError(f"budget_clock={self.budget_clock!r}; expected 'wall' or 'cpu'")
         if self.adversarial_mode not in ADVERSARIAL_LOSSES:
             raise ValueError(f"adversarial_mode={self.adversarial_mode!r}; expected one of {list(ADVERSARIAL_LOSSES)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -518,7 +523,8 @@ def train_pose_transfer(
     world, rank = accelerator.num_processes, accelerator.process_index
     sample_batch = None
 
-    run_start = time.perf_counter() - state.elapsed_seconds
+    clock = time.perf_counter if config.budget_clock == "wall" else time.process_time
+    run_start = clock() - state.elapsed_seconds
     checkpoint_due = (
         (state.images_seen // config.checkpoint_every_images + 1) * config.checkpoint_every_images
         if config.checkpoint_every_images
@@ -526,7 +532,7 @@ def train_pose_transfer(
     )
 
     def elapsed() -> float:
-        seconds = torch.tensor([time.perf_counter() - run_start], dtype=torch.float64, device=device)
+        seconds = torch.tensor([clock() - run_start], dtype=torch.float64, device=device)
         return float(broadcast(seconds) if world > 1 else seconds)  # one clock for every process
 
     while state.phase_index < len(phases) and not state.stopped_by_budget:
