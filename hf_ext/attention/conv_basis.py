@@ -510,41 +510,51 @@ def _direct_columns(kernel, starts, ends, augmented, group_size=32):
 def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, max_elements=2**24):
     """Exact attention over the lags `t < window`, in blocks of `window` rows: `(sums, row_max)`.
 
-    Each block of rows sees the keys of its own and the previous block (2·window columns); groups of
+    Each block of rows sees the keys of the previous and of its own block (2·window columns); groups of
     blocks keep the logits under `max_elements` entries. Computed in the input precision (at least fp32).
     """
     batch, num_heads, n, dim = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)
     blocks = -(-n // window)
     pad = blocks * window - n
-    q_blocks = torch.nn.functional.pad(q.to(dtype), (0, 0, 0, pad)).view(batch, num_heads, blocks, window, dim)
-    k_blocks = torch.nn.functional.pad(k.to(dtype), (0, 0, window, pad)).unfold(
-        2, 2 * window, window
-    )  # (B, H, blocks, D, 2w)
-    v_blocks = torch.nn.functional.pad(augmented, (window, pad)).unfold(3, 2 * window, window)  # (B, H, C, blocks, 2w)
-    mask_blocks = None
+
+    def as_blocks(tensor):  # (B, H, n, X) -> (B, H, blocks + 1, window, X), one empty block in front
+        tensor = torch.nn.functional.pad(tensor.to(dtype), (0, 0, window, pad))
+        return tensor.view(batch, num_heads, blocks + 1, window, tensor.shape[-1])
+
+    q_blocks = as_blocks(q)[:, :, 1:]
+    k_blocks = as_blocks(k)
+    v_blocks = as_blocks(augmented.transpose(-1, -2))  # (B, H, blocks + 1, window, C)
+    attended = None
     if key_mask is not None:
-        mask_blocks = torch.nn.functional.pad(key_mask.bool(), (window, pad)).unfold(1, 2 * window, window)
+        attended = torch.nn.functional.pad(key_mask.bool(), (window, pad)).view(batch, 1, blocks + 1, 1, window)
+    offsets = torch.arange(window, device=q.device)
+    lag = offsets[:, None] - offsets[None, :]  # row - column within a block
+    visible = torch.cat([lag + window < window, lag >= 0], dim=-1)  # previous block, own block: 0 <= lag < window
     group = max(1, max_elements // (batch * num_heads * 2 * window * window))
     sums, row_maxes = [], []
     for first in range(0, blocks, group):
         chosen = slice(first, min(first + group, blocks))
-        logits = _transform_logits(
-            scaling * q_blocks[:, :, chosen] @ k_blocks[:, :, chosen], softcap
+        previous, own = slice(first, chosen.stop), slice(first + 1, chosen.stop + 1)
+        logits = torch.cat(
+            [
+                q_blocks[:, :, chosen] @ k_blocks[:, :, previous].transpose(-1, -2),
+                q_blocks[:, :, chosen] @ k_blocks[:, :, own].transpose(-1, -2),
+            ],
+            dim=-1,
         )  # (B, H, g, w, 2w)
-        block = torch.arange(chosen.start, chosen.stop, device=q.device)[:, None, None]
-        row = block * window + torch.arange(window, device=q.device)[:, None]
-        column = (block - 1) * window + torch.arange(2 * window, device=q.device)
-        lag = row - column
-        visible = ((lag >= 0) & (lag < window) & (column >= 0))[None, None]
-        if mask_blocks is not None:
-            visible = visible & mask_blocks[:, None, chosen, None, :]
-        logits = logits.masked_fill(~visible, float("-inf"))
+        logits = _transform_logits(scaling * logits, softcap)
+        seen = visible
+        if attended is not None:
+            seen = seen & torch.cat([attended[:, :, previous], attended[:, :, own]], dim=-1)
+        logits = logits.masked_fill(~seen, float("-inf"))
         row_max = logits.detach().amax(dim=-1, keepdim=True)
         weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max)))
-        sums.append(torch.einsum("bhkwv,bhckv->bhckw", weights, v_blocks[:, :, :, chosen].to(dtype)).flatten(-2))
-        row_maxes.append(row_max.flatten(-3))
-    return torch.cat(sums, -1)[..., :n].to(augmented.dtype), torch.cat(row_maxes, -1)[..., :n].to(augmented.dtype)
+        block_sums = weights[..., :window] @ v_blocks[:, :, previous] + weights[..., window:] @ v_blocks[:, :, own]
+        sums.append(block_sums.flatten(2, 3))  # (B, H, g·w, C)
+        row_maxes.append(row_max.flatten(2))
+    sums = torch.cat(sums, 2)[:, :, :n].transpose(-1, -2)
+    return sums.to(augmented.dtype), torch.cat(row_maxes, -1)[..., :n].to(augmented.dtype)
 
 
 def _merge(parts):
