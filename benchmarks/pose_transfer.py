@@ -412,6 +412,7 @@ def _markdown(result) -> str:
             f"{args['batch_size']}, learning rate {args['learning_rate']}, generator channel cap {args['max_channels']}. The perceptual terms are off by default here: "
             "VGG19 weights cannot be downloaded offline (random features) and its passes cost about ten generator steps on CPU.",
             "",
+            *(["`--quick` budgets only check that everything runs; they are far too small for the quality targets.", ""] if args["quick"] else []),
             "| variant | SSIM | PSNR (dB) | local-crop SSIM | person SSIM |",
             "| --- | --- | --- | --- | --- |",
         ]
@@ -441,8 +442,11 @@ def _markdown(result) -> str:
                 lines.append(
                     f"| {key} | {entry['ours_images_per_second']:.3f} | {entry['ours_seconds_per_image']:.2f} | "
                     f"{_fmt(entry['diffusion_step_seconds'], 2)} | {_fmt(entry['diffusion_seconds_per_image'], 1)} | "
-                    f"{_fmt(entry['ratio'], 0)}x | {entry['peak_mem_mb']:.0f} |"
+                    f"{_fmt(entry['ratio'], 0)}{'x' if entry['ratio'] is not None else ''} | {entry['peak_mem_mb']:.0f} |"
                 )
+        untimed = [key for key, entry in speed.items() if isinstance(entry, dict) and entry["diffusion_step_seconds"] is None]
+        if untimed:
+            lines.append(f"\nThe UNet step was not timed at {', '.join(untimed)} (`--diffusion_resolutions`; `--quick` stops at 512).")
         lines.append("")
     lines += ["## Targets", ""] + [f"- {key}: {value}" for key, value in result["targets"].items()] + [""]
     return "\n".join(lines)
