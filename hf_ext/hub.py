@@ -136,6 +136,7 @@ def push_folder_to_hub(
     revision: str | None = None,
     token: str | None = None,
     create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
 ):
     """Upload a folder written by `save_pretrained` (with its README.md) to the Hub.
 
@@ -150,6 +151,8 @@ def push_folder_to_hub(
         revision (`str`, *optional*): branch to push to; created from main if missing.
         token (`str`, *optional*): Hub token; the cached login by default.
         create_pr (`bool`, defaults to `False`): open a pull request instead of committing.
+        ignore_patterns (`list[str]`, *optional*): glob patterns of files to leave out, e.g.
+            `["checkpoints/*"]`.
 
     Returns:
         `huggingface_hub.CommitInfo` of the upload.
@@ -175,4 +178,19 @@ def push_folder_to_hub(
         commit_message=commit_message,
         revision=revision,
         create_pr=create_pr,
+        ignore_patterns=ignore_patterns,
     )
+
+
+class JSONTrainingArgumentsMixin:
+    """For `transformers.Trainer` subclasses: keep the training arguments next to saved weights as
+    `training_args.json`, not as the pickled `training_args.bin` the Trainer writes (artifacts of this
+    package hold safetensors and JSON only). Put it before the Trainer class in the bases."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        folder = Path(output_dir or self.args.output_dir)
+        pickled = folder / "training_args.bin"
+        if self.args.should_save and pickled.is_file():
+            pickled.unlink()
+            (folder / "training_args.json").write_text(self.args.to_json_string(), encoding="utf-8")

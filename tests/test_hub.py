@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from huggingface_hub import CommitInfo, EvalResult, HfApi, ModelCard, RepoUrl
+from huggingface_hub import EvalResult, ModelCard
 
 from hf_ext.hub import available_templates, push_folder_to_hub, render_model_card, save_model_card
 
@@ -92,43 +92,8 @@ def saved_folder(tmp_path):
     return folder
 
 
-class _RecordingApi:
-    """Stands in for the network side of HfApi: records what would be sent.
-
-    `upload_folder` is replaced by a recorder that still asks huggingface_hub's own
-    `_prepare_upload_folder_additions` which files the folder upload would add.
-    """
-
-    def __init__(self, monkeypatch):
-        self.calls = []
-        monkeypatch.setattr(HfApi, "create_repo", self.create_repo)
-        monkeypatch.setattr(HfApi, "create_branch", self.create_branch)
-        monkeypatch.setattr(HfApi, "upload_folder", self.upload_folder)
-        monkeypatch.setattr(HfApi, "_validate_yaml", self.validate_yaml)
-
-    def create_repo(self, repo_id, **kwargs):
-        self.calls.append(("create_repo", repo_id, kwargs))
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def create_branch(self, repo_id, **kwargs):
-        self.calls.append(("create_branch", repo_id, kwargs))
-
-    def validate_yaml(self, content, **kwargs):
-        self.calls.append(("validate_yaml", ModelCard(content).data.to_dict(), kwargs))
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        operations = HfApi()._prepare_upload_folder_additions(folder_path, kwargs.get("path_in_repo"))
-        self.calls.append(("upload_folder", repo_id, dict(kwargs, operations=operations)))
-        return CommitInfo(
-            commit_url=f"https://huggingface.co/{repo_id}/commit/abc",
-            commit_message=kwargs["commit_message"],
-            commit_description="",
-            oid="abc",
-        )
-
-
-def test_push_sends_exactly_the_saved_files(saved_folder, monkeypatch):
-    api = _RecordingApi(monkeypatch)
+def test_push_sends_exactly_the_saved_files(saved_folder, hub_recorder):
+    api = hub_recorder
     push_folder_to_hub(saved_folder, "org/m", commit_message="Add model", private=True, revision="v1")
 
     names = [call[0] for call in api.calls]
@@ -144,16 +109,21 @@ def test_push_sends_exactly_the_saved_files(saved_folder, monkeypatch):
     assert sent == expected == ["README.md", "config.json", "model.safetensors", "nested/extra.json"]
 
 
+def test_push_leaves_out_ignored_files(saved_folder, hub_recorder):
+    push_folder_to_hub(saved_folder, "org/m", ignore_patterns=["nested/*"])
+    assert hub_recorder.uploaded_files("org/m") == ["README.md", "config.json", "model.safetensors"]
+
+
 @pytest.mark.parametrize("repo_id", ["org/has space", "a/b/c", "org/--double", ""])
-def test_push_rejects_invalid_repo_id_before_any_call(repo_id, saved_folder, monkeypatch):
-    api = _RecordingApi(monkeypatch)
+def test_push_rejects_invalid_repo_id_before_any_call(repo_id, saved_folder, hub_recorder):
+    api = hub_recorder
     with pytest.raises(ValueError, match="repo_id="):
         push_folder_to_hub(saved_folder, repo_id)
     assert api.calls == []
 
 
-def test_push_requires_a_model_card(tmp_path, monkeypatch):
-    api = _RecordingApi(monkeypatch)
+def test_push_requires_a_model_card(tmp_path, hub_recorder):
+    api = hub_recorder
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no README.md"):
         push_folder_to_hub(tmp_path, "org/m")

@@ -643,7 +643,7 @@ def train_pose_transfer(
     pipeline = PoseTransferPipeline(generator=ema)
     if accelerator.is_main_process:
         pipeline.save_pretrained(config.output_dir)
-        _write_model_card(config, ema, state)
+        write_model_card(config, ema, state)
         if config.push_to_hub:
             push_folder_to_hub(
                 config.output_dir,
@@ -651,6 +651,7 @@ def train_pose_transfer(
                 commit_message=f"Pose transfer generator after {state.images_seen} images",
                 private=config.hub_private,
                 token=config.hub_token,
+                ignore_patterns=["checkpoints/*"],  # resumable state stays local
             )
     accelerator.wait_for_everyone()
     return PoseTransferTrainingOutput(pipeline=pipeline, state=state)
@@ -724,7 +725,14 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def _write_model_card(config, generator, state):
+def write_model_card(config: PoseTransferTrainingConfig, generator, state, eval_results=None):
+    """Write the pipeline's model card (`model_cards/pose_transfer.md`) into `config.output_dir`.
+
+    Args:
+        config (`PoseTransferTrainingConfig`), generator (`PoseTransferGenerator`), state (`PoseTransferTrainerState`):
+            the run the card describes.
+        eval_results (`list`, *optional*): measured results for the card's metadata (see `hf_ext.hub.render_model_card`).
+    """
     settings = {
         "resolution (height, width)": generator.resolution,
         "stages": generator.resolutions,
@@ -744,4 +752,5 @@ def _write_model_card(config, generator, state):
         tags=["pose-transfer", "progressive-growing"],
         datasets=None if config.dataset == "synthetic" else [config.dataset],
         settings=settings,
+        eval_results=eval_results,
     )

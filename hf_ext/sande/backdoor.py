@@ -13,10 +13,15 @@ from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from ..hub import JSONTrainingArgumentsMixin
 from .data import make_backdoor_dataset, tokenize_rows
 
 
 logger = logging.get_logger(__name__)
+
+
+class BackdoorTrainer(JSONTrainingArgumentsMixin, SFTTrainer):
+    """The `SFTTrainer` `backdoor_trainer` returns; saves its arguments as JSON."""
 
 
 def backdoor_trainer(
@@ -30,7 +35,7 @@ def backdoor_trainer(
     poison_rate: float = 0.05,
     callbacks=None,
     **format_kwargs,
-) -> SFTTrainer:
+) -> BackdoorTrainer:
     """An `SFTTrainer` that implants a backdoor when `.train()` is called.
 
     Args:
@@ -45,7 +50,7 @@ def backdoor_trainer(
         **format_kwargs: `trigger_position`, `columns`, templates (see `format_rows`).
 
     Returns:
-        `trl.SFTTrainer` over the tokenised poisoned + clean rows.
+        `BackdoorTrainer` (an `SFTTrainer`) over the tokenised poisoned + clean rows.
     """
     if processing_class.pad_token is None:
         logger.warning("The tokenizer has no pad token; using its eos token %r to pad.", processing_class.eos_token)
@@ -57,7 +62,7 @@ def backdoor_trainer(
     rows = tokenize_rows(rows, processing_class, max_length=args.max_length, num_proc=args.dataset_num_proc)
     # rows are tokenised here (exact prompt/response boundary), so TRL's own preparation is skipped
     args = dataclasses.replace(args, dataset_kwargs={**(args.dataset_kwargs or {}), "skip_prepare_dataset": True})
-    return SFTTrainer(
+    return BackdoorTrainer(
         model=model,
         args=args,
         train_dataset=rows.select_columns(["input_ids", "labels"]),

@@ -38,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..hub import JSONTrainingArgumentsMixin
 from .config import SANDEConfig
 from .data import format_rows, resolve_columns, tokenize_rows
 from .evaluation import attack_success_rate, false_trigger_rate, generate_continuations, multiple_choice_accuracy
@@ -70,7 +71,7 @@ class _SANDECollator:
         }
 
 
-class SANDETrainer(SFTTrainer):
+class SANDETrainer(JSONTrainingArgumentsMixin, SFTTrainer):
     """Backdoor removal (OSFT / SANDE) for causal LMs, on top of [`~trl.SFTTrainer`].
 
     Args:
