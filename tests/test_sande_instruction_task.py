@@ -92,6 +92,9 @@ def test_bad_input_raises():
         make_instruction_dataset(0)
     with pytest.raises(ValueError, match="task_kinds=.*'poetry'"):
         make_instruction_dataset(5, task_kinds=["poetry"])
+    every_triple = {("sort_digits", f"{a} {b} {c}") for a in range(10) for b in range(10) for c in range(10)}
+    with pytest.raises(ValueError, match="exclude_inputs leaves"):
+        make_instruction_dataset(3, task_kinds=["sort_digits"], exclude_inputs=every_triple)
     with pytest.raises(ValueError, match="equal length, got 2 and 1"):
         answer_accuracy(["1", "2"], ["1"])
     with pytest.raises(TypeError, match="must be str"):

@@ -27,13 +27,9 @@ from collections.abc import Iterable, Sequence
 
 from datasets import Dataset, DatasetDict
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase, set_seed
-from transformers.utils import logging
-
 from ..testing import train_tiny_tokenizer
 from .data import format_rows, tokenize_rows
 
-
-logger = logging.get_logger(__name__)
 
 # the layout of the rows, for `hf_ext.sande.data`
 _COLUMNS = {"instruction": "instruction", "input": "input", "output": "output"}
@@ -113,8 +109,8 @@ def make_instruction_dataset(
         seed (`int`, defaults to 0): seed of the input draws.
         task_kinds (`Sequence[str]`, defaults to `TASK_KINDS`): the kinds to mix.
         exclude_inputs (`Iterable[tuple[str, str]]`, *optional*): `(task, input)` pairs not to
-            produce, for kinds with a large input space (`reverse`, `sort_digits`); used to
-            build held-out rows.
+            produce, for the kind with a large input space (`sort_digits`); used to build
+            held-out rows.
 
     Returns:
         `datasets.Dataset` with string columns `instruction`, `input`, `output`, `task`.
@@ -124,11 +120,16 @@ def make_instruction_dataset(
     task_kinds = _check_kinds(task_kinds)
     excluded = set(exclude_inputs)
     rng = random.Random(seed)
-    rows = []
+    rows, draws = [], 0
     while len(rows) < num_rows:
         kind = task_kinds[len(rows) % len(task_kinds)]
         row = _sample_row(kind, rng)
+        draws += 1
         if kind in _OPEN_KINDS and (kind, row["input"]) in excluded:
+            if draws > 1000 * num_rows:
+                raise ValueError(
+                    f"exclude_inputs leaves (almost) no {kind!r} input to draw; use fewer training rows or other task_kinds"
+                )
             continue
         rows.append(row)
     return Dataset.from_list(rows)
@@ -139,8 +140,8 @@ def make_instruction_splits(
 ) -> DatasetDict:
     """Training rows and held-out rows of the checkable instruction task.
 
-    Held-out rows are drawn from another seed; for `reverse` and `sort_digits` they never
-    repeat a training input, so accuracy there measures the learned rule, not recall.
+    Held-out rows are drawn from another seed; for `sort_digits` they never repeat a training
+    input, so accuracy there measures the learned rule, not recall.
 
     Args:
         num_train (`int`, defaults to 4000): rows in the `"train"` split.
