@@ -46,7 +46,7 @@ def test_benchmark_writes_results(tmp_path, monkeypatch):
     assert all(run["images_seen"] >= 4 for run in result["runs"])
 
     # The copy-the-reference baseline, recomputed from the same held-out pairs.
-    held_out = synthetic_pair_dataset(4, 32, 32, seed=1)
+    held_out = synthetic_pair_dataset(4, 32, 32, seed=result["arguments"]["eval_seed"])
     references = [Image.open(io.BytesIO(row["reference_image"]["bytes"])) for row in held_out]
     targets = [Image.open(io.BytesIO(row["target_image"]["bytes"])) for row in held_out]
     expected_ssim = float(ssim(references, targets).mean())
@@ -69,3 +69,5 @@ def test_benchmark_writes_results(tmp_path, monkeypatch):
 def test_benchmark_rejects_bad_arguments():
     with pytest.raises(ValueError, match="diffusion_resolutions"):
         bench.main(["--speed_resolutions", "256", "--diffusion_resolutions", "512"])
+    with pytest.raises(ValueError, match="eval_seed must differ from 0"):
+        bench.main(["--eval_seed", "0"])
