@@ -281,7 +281,8 @@ def test_saved_layout_loads_as_remote_code_without_the_package(pipe, tmp_path):
     assert "diffusers_modules" in result.stdout
     expected = pipe(image(0), pose(1), reference_pose=pose(2), output_type="np").images
     for images in np.load(tmp_path / "out.npy"):
-        np.testing.assert_allclose(images, expected, atol=1e-6)
+        # another process may use another thread count: float sums in another order
+        np.testing.assert_allclose(images, expected, atol=1e-5)
 
 
 def test_generate_video_writes_a_gif(pipe, tmp_path):
