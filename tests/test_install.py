@@ -84,8 +84,9 @@ def test_every_trainer_script_runs_as_an_installed_module(fresh_install, tmp_pat
     for name in scripts:
         result = _run(
             fresh_install,
-            str(fresh_install / "bin" / "accelerate"),
-            "launch",
+            "python",
+            "-m",
+            "accelerate.commands.launch",  # accelerate's console script lives in the parent environment
             "--cpu",
             "--num_processes",
             "1",
