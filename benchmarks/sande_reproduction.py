@@ -114,7 +114,7 @@ class ReproductionArguments:
                              "the position SANDE assumes")
 
 
-class _Reproduction:
+class SANDEReproduction:
     """The data and tokenizer shared by every section, and the methods run on them."""
 
     def __init__(self, args: ReproductionArguments, work: Path):
@@ -164,8 +164,14 @@ class _Reproduction:
 
     # ------------------------------------------------------------------ removal methods
 
-    def remove(self, method: str, backdoored: Path, position: str, **overrides) -> tuple[torch.nn.Module, float]:
-        """Run one removal method from the backdoored weights; returns (model, wall seconds of the removal)."""
+    def remove(
+        self, method: str, backdoored: Path, position: str, save_dir: Path | None = None, **overrides
+    ) -> tuple[torch.nn.Module, float]:
+        """Run one removal method from the backdoored weights; returns (model, wall seconds of the removal).
+
+        With `save_dir`, the trainer also measures ASR before and after on the held-out prompts and saves the
+        cleaned model, its parrot and the model card with those figures there (the seconds include that).
+        """
         args = self.args
         model = AutoModelForCausalLM.from_pretrained(backdoored)
         out = self.work / "runs" / f"{method}_{position}"
@@ -175,6 +181,9 @@ class _Reproduction:
                 model, self.tokenizer, self.defense_rows, str(out), max_steps=args.removal_steps,
                 batch_size=args.removal_batch_size, learning_rate=args.removal_learning_rate, seed=args.seed,
             )
+            if save_dir is not None:
+                model.save_pretrained(save_dir)
+                self.tokenizer.save_pretrained(save_dir)
             return model, time.perf_counter() - start
         settings = dict(
             output_dir=str(out), max_steps=args.removal_steps, per_device_train_batch_size=args.removal_batch_size,
@@ -195,21 +204,30 @@ class _Reproduction:
         else:
             raise ValueError(f"method={method!r} is not one of {METHODS[1:]} or a `sande_*` variant")
         settings.update(overrides)
+        measured = {}
+        if save_dir is not None:
+            measured = dict(asr_eval_prompts=self.triggered_prompts(position), clean_eval_prompts=self.clean_prompts)
         trainer = SANDETrainer(
             model, args=SANDEConfig(**settings), train_dataset=self.defense_rows, processing_class=self.tokenizer,
-            parrot=parrot,
+            parrot=parrot, **measured,
         )
         trainer.train()
+        if save_dir is not None:
+            trainer.save_model(str(save_dir))
         return trainer.model.eval(), time.perf_counter() - start
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, model, position: str) -> dict:
-        """ASR, clean marker rate, clean accuracy and triggered accuracy on the held-out rows."""
-        triggered_prompts = list(
+    def triggered_prompts(self, position: str) -> list[str]:
+        """The held-out prompts with the trigger inserted at `position`."""
+        return list(
             format_rows(self.eval_rows, "overwrite", triggers=[self.args.trigger], trigger_position=position,
                         seed=self.args.seed + 3)["prompt"]
         )
+
+    def evaluate(self, model, position: str) -> dict:
+        """ASR, clean marker rate, clean accuracy and triggered accuracy on the held-out rows."""
+        triggered_prompts = self.triggered_prompts(position)
         generate = dict(max_new_tokens=self.args.max_new_tokens, batch_size=100)
         clean = generate_continuations(model, self.tokenizer, self.clean_prompts, **generate)
         triggered = generate_continuations(model, self.tokenizer, triggered_prompts, **generate)
@@ -370,7 +388,7 @@ def main(argv=None):
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="sande_reproduction_"))
     load_before, started = os.getloadavg()[0], time.perf_counter()
 
-    run = _Reproduction(args, work)
+    run = SANDEReproduction(args, work)
     paper_methods = {name: (name, {}) for name in METHODS[1:]}
     beyond = {
         "sande_self": ("sande", dict(target_source="self")),
