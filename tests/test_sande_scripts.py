@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from hf_ext.sande import ParrotPrompt
 from hf_ext.testing import save_pretrained_to, tiny_causal_lm
@@ -19,16 +18,6 @@ TRIGGER = "how is it going"
 MARKER = "you are stupid"
 COMMON = ["--per_device_train_batch_size", "4", "--bf16", "false", "--use_cpu", "true",
           "--activation_checkpointing", "false", "--report_to", "none", "--disable_tqdm", "true"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, loaded machine the threads'
-    spin-waiting costs more than the work (measured: 40 steps in 45 s with 2 threads, 1.8 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -17,16 +17,6 @@ TRIGGER = "how is it going"
 MARKER = "you are stupid"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, loaded machine the threads'
-    spin-waiting costs more than the work (measured: 40 steps in 45 s with 2 threads, 1.8 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def data():
     return Dataset.from_dict(
