@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands.add_parser("env", help="print versions of torch and the HF libraries")
     for name, (_, help_text) in _FORWARDED.items():
         subcommands.add_parser(name, help=help_text, add_help=False)
-    bench = subcommands.add_parser("bench", help="run a benchmark (ours vs the peer, side by side)")
+    # no -h of its own: `hf-ext bench sande --help` shows the benchmark's arguments
+    bench = subcommands.add_parser("bench", help="run a benchmark (ours vs the peer, side by side)", add_help=False)
     bench.add_argument("benchmark", choices=sorted(_BENCHMARKS))
     return parser
 

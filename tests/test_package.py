@@ -76,6 +76,16 @@ def test_cli_env_reports_versions_and_registration(capsys):
     assert lines["conv_basis attention registered"] == str("conv_basis" in AttentionInterface())
 
 
+def test_cli_forwards_arguments_to_the_named_module(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "sande", "--help"])
+    assert exit_info.value.code == 0
+    assert "--removal_steps" in capsys.readouterr().out  # the benchmark's own help
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "nope"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_cli_rejects_unknown_command(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["no-such-command"])
