@@ -27,6 +27,7 @@ Writes `pose_transfer.json`, `pose_transfer.md` and `pose_transfer_samples.png` 
     hf-ext bench pose --output_dir benchmarks/results              # the full run
 """
 
+import importlib.util
 import json
 import os
 import resource
@@ -234,7 +235,8 @@ def run_quality(args) -> tuple[dict, list, Image.Image]:
 # Speed
 # ---------------------------------------------------------------------------------------
 
-_GENERATOR_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "hf_ext", "pose", "modeling_pose_transfer.py")
+# Located through the import system: the same in a checkout and in an install.
+_GENERATOR_FILE = importlib.util.find_spec("hf_ext.pose.modeling_pose_transfer").origin
 
 
 def _speed_generator():

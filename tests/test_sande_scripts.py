@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_ext.sande import ParrotPrompt
 from hf_ext.testing import save_pretrained_to, tiny_causal_lm
@@ -69,12 +70,29 @@ def test_both_scripts_under_two_accelerate_processes(workspace):
 
     backdoored = tmp_path / "backdoored"
     run("backdoor.py", ["--model_name_or_path", str(model_dir), "--dataset_name", str(data), "--triggers", TRIGGER,
-                        "--marker", MARKER, "--poison_rate", "0.25", "--max_steps", "2", "--output_dir",
-                        str(backdoored), *COMMON])
+                        "--marker", MARKER, "--poison_rate", "0.25", "--max_steps", "2", "--learning_rate", "0.01",
+                        "--output_dir", str(backdoored), *COMMON])
     assert (backdoored / "model.safetensors").is_file()
     state = json.loads((backdoored / "checkpoint-2" / "trainer_state.json").read_text())
     # two processes x batch 4 per step: an epoch of 16 rows takes 2 steps
     assert state["epoch"] == pytest.approx(1.0)
+
+    # One process with the same global batch (8) sees the same rows per step: the saved models agree.
+    single = tmp_path / "backdoored_single"
+    subprocess.run([sys.executable, str(ROOT / "trainers" / "backdoor.py"), "--model_name_or_path", str(model_dir),
+                    "--dataset_name", str(data), "--triggers", TRIGGER, "--marker", MARKER, "--poison_rate", "0.25",
+                    "--max_steps", "2", "--learning_rate", "0.01", "--output_dir", str(single), *COMMON,
+                    "--per_device_train_batch_size", "8"],
+                   env=env, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.testing import random_token_batch
+
+    two, one, start = (AutoModelForCausalLM.from_pretrained(p) for p in (backdoored, single, model_dir))
+    ids = random_token_batch(2, 12, vocab_size=two.config.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(two(ids).logits, one(ids).logits, rtol=1e-4, atol=1e-4)
+        assert (two(ids).logits - start(ids).logits).abs().max() > 0.1  # training moved the weights
 
     result = run("sande.py", _sande_argv(backdoored, data, tmp_path / "cleaned"))
     _check_sande_output(tmp_path / "cleaned")
