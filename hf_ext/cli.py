@@ -56,8 +56,6 @@ def env_info() -> dict[str, str]:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    import hf_ext  # noqa: F401  (importing the package registers conv_basis)
-
     info = {"hf_ext": __version__, "Platform": platform.platform(), "Python": platform.python_version()}
     for package in _ENV_PACKAGES:
         try:

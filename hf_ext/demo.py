@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, set_seed
 from transformers.utils import logging
 
 
@@ -128,7 +128,7 @@ def run_conv_basis(args: DemoArguments, out: Path, cleaned_model: str) -> dict:
     table = {"sdpa": {"perplexity": _answer_perplexity(sdpa, batch), "same_greedy_answers": 1.0}}
     for name, overrides in settings.items():
         # min_seq_len=0: use the basis even on these short sequences (the default falls back to exact SDPA)
-        config = AutoModelForCausalLM.from_pretrained(cleaned_model).config
+        config = AutoConfig.from_pretrained(cleaned_model)
         config.conv_basis = ConvBasisConfig(min_seq_len=0, **overrides).to_dict()
         model = AutoModelForCausalLM.from_pretrained(cleaned_model, config=config, attn_implementation="conv_basis").eval()
         answers = greedy(model)
@@ -301,7 +301,7 @@ def write_report(out: Path, summary: dict) -> str:
         lines.append(f"| {name} | {_pct(m['asr'])} | {_pct(m['clean_marker_rate'])} | {_pct(m['clean_accuracy'])} "
                      f"| {_pct(m['triggered_accuracy'])} | {m['seconds']:.0f} |")
     lines += ["", "![SANDE](sande/sande.png)", "",
-              f"Artifacts: `sande/sande/` (cleaned model, its parrot in `parrot/`, model card), `sande/osft/`.", "",
+              "Artifacts: `sande/sande/` (cleaned model, its parrot in `parrot/`, model card), `sande/osft/`.", "",
               "## 2. Conv-basis attention on the cleaned model", "",
               "The cleaned model loaded with `attn_implementation=\"conv_basis\"` (settings in `config.json`; "
               "`min_seq_len=0` so the basis is used even on these short prompts), on 32 held-out task rows: "

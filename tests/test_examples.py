@@ -1,6 +1,5 @@
 """The scripts in examples/ run as a user runs them, on tiny local artifacts instead of Hub ids."""
 
-import json
 import os
 import subprocess
 import sys
