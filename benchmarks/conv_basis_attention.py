@@ -6,8 +6,9 @@
 
 Part 1 (speed, CPU fp32, attention alone). Inputs whose masked logits have an exact k-conv basis
 (known breakpoints), B=1, H=8, d=64; per sequence length the calls are interleaved: SDPA
-(`scaled_dot_product_attention(is_causal=True)`), conv-basis attention for every k, and the bare
-FFT work a k-segment basis needs (the method's floor). Errors are measured against an fp64 exact
+(`scaled_dot_product_attention(is_causal=True)`), conv-basis attention for every k, the bare FFTs
+of its block scheme (the implementation's floor) and, for reference, one FFT convolution per segment
+(the direct way to apply a basis). Errors are measured against an fp64 exact
 softmax on sampled rows, independently of both implementations; peak memory is the growth of the
 process's resident set during the call.
 
@@ -51,7 +52,7 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import hf_ext  # noqa: F401  (registers the "conv_basis" attention implementation)
-from hf_ext.attention.conv_basis import conv_basis_attention, recover_conv_basis
+from hf_ext.attention.conv_basis import _block_size, conv_basis_attention, recover_conv_basis
 from hf_ext.testing import train_tiny_tokenizer
 
 
@@ -76,7 +77,6 @@ class ConvBasisBenchmarkArguments:
     long_from: int = field(default=131072, metadata={"help": "Sequence length from which --long_heads applies."})
     sdpa_max_len: int = field(default=131072, metadata={"help": "Longest sequence SDPA is run on."})
     hybrid_window: int = field(default=256, metadata={"help": "Local window of the extra hybrid speed rows (k=8); 0: none."})
-    fp32_rows: bool = field(default=True, metadata={"help": "Also time k=8 with fp32 FFTs (the default is fp64)."})
     gaussian_max_len: int = field(default=8192, metadata={"help": "Longest n of the Gaussian-input rows (k=8)."})
     logit_std: float = field(default=2.0, metadata={"help": "Standard deviation of the synthetic k-conv logits."})
     repeats: int = field(default=3, metadata={"help": "Timed repetitions up to n=16384 (at most 2 up to 65536, 1 beyond)."})
@@ -257,19 +257,21 @@ def _fast_fft_len(length: int) -> int:
     return min(factor << max(0, math.ceil(math.log2(length / factor))) for factor in (1, 3, 5))
 
 
-def fft_floor(value, kernels, breakpoints, fft_dtype):
-    """The bare FFT work of applying a k-segment basis: per segment, forward rFFTs of the kernel and of
-    the segment's value columns (plus the ones column of the denominator), the product, the inverse rFFT.
+def segment_fft_convolution(value, kernels, breakpoints):
+    """A basis applied the direct way, one FFT convolution per segment (a reference point, not our method).
 
-    Each segment's transform covers only the rows it reaches (length m_i + L_i - 1, rounded up to a
-    fast size), heads batched, channels last-dimension contiguous; no recovery, no normalisation.
+    Per segment: forward rFFTs of the kernel and of the segment's value columns (plus the ones column of
+    the denominator) over the rows it reaches (length m_i + L_i - 1, rounded up to a fast size), the
+    product and the inverse rFFT; heads batched, fp64, no recovery, no normalisation.
 
     Args:
         value (`(1, H, n, d)`), kernels (`(H, k, n)`: `exp(s_i)` of each segment), breakpoints (`(k,)`).
+
+    Returns:
+        `(H, d + 1, n)`: the unnormalised numerator channels and the denominator.
     """
     _, num_heads, n, _ = value.shape
-    channels = torch.cat([value[0], torch.ones(num_heads, n, 1)], dim=-1).transpose(1, 2).to(fft_dtype)  # (H, d+1, n)
-    kernels = kernels.to(fft_dtype)
+    channels = torch.cat([value[0], torch.ones(num_heads, n, 1)], dim=-1).transpose(1, 2).double()  # (H, d+1, n)
     ends = torch.cat([breakpoints[1:], torch.tensor([n])]).tolist()
     output = torch.zeros_like(channels)
     for i, (start, end) in enumerate(zip(breakpoints.tolist(), ends)):
@@ -280,8 +282,29 @@ def fft_floor(value, kernels, breakpoints, fft_dtype):
     return output
 
 
+def fft_floor_inputs(n, num_heads, channels, breakpoints):
+    """Zero tensors shaped as the block scheme's transforms (`_fft_segments`) for this basis: value pieces
+    `(H, C, P, 2b)`, kernel windows `(H, k, R, 2b)`, output spectra `(H, C, R, b + 1)`."""
+    block = _block_size(n)
+    num_blocks = -(-n // block)
+    cut_blocks = {int(j) // block for j in breakpoints[1:] if int(j) % block}  # blocks a breakpoint splits in two
+    num_pieces = num_blocks + len(cut_blocks)
+    return (
+        torch.zeros(num_heads, channels, num_pieces, 2 * block, dtype=torch.float64),
+        torch.zeros(num_heads, breakpoints.numel(), num_blocks, 2 * block, dtype=torch.float64),
+        torch.zeros(num_heads, channels, num_blocks, block + 1, dtype=torch.complex128),
+    )
+
+
+def fft_floor(pieces, kernel_windows, spectra):
+    """The implementation's floor: its forward and inverse FFTs alone (no block sums, copies or recovery)."""
+    torch.fft.rfft(pieces, dim=-1)
+    torch.fft.rfft(kernel_windows, dim=-1)
+    return torch.fft.irfft(spectra, n=2 * (spectra.shape[-1] - 1), dim=-1)
+
+
 def _segment_kernels(query, key, breakpoints, scaling):
-    """`exp(s_i - max)` per head and segment from the breakpoint keys `(H, k, n)` (the floor's inputs, untimed)."""
+    """`exp(s_i - max)` per head and segment from the breakpoint keys `(H, k, n)` (untimed inputs)."""
     n = query.shape[2]
     lags = torch.arange(n)
     rows = (breakpoints[:, None] + lags).clamp(max=n - 1)  # (k, n)
@@ -296,21 +319,19 @@ def _repeats_for(n: int, repeats: int) -> int:
 
 
 def speed_cases(args: "ConvBasisBenchmarkArguments", n: int) -> list[dict]:
-    """The settings timed at length n: every k on k-conv inputs (fp64 FFTs, the default), plus for k=8
-    fp32 FFTs, a hybrid local window and Gaussian (structure-free) inputs."""
-    cases = [dict(num_bases=k, local_window=0, input_kind="k_conv", fft_dtype="float64") for k in args.num_bases]
+    """The settings timed at length n: every k on k-conv inputs, plus for k=8 a hybrid local window and
+    Gaussian (structure-free) inputs."""
+    cases = [dict(num_bases=k, local_window=0, input_kind="k_conv") for k in args.num_bases]
     if 8 in args.num_bases:
-        if args.fp32_rows:
-            cases.append(dict(num_bases=8, local_window=0, input_kind="k_conv", fft_dtype="float32"))
         if args.hybrid_window and n > 2 * args.hybrid_window:
-            cases.append(dict(num_bases=8, local_window=args.hybrid_window, input_kind="k_conv", fft_dtype="float64"))
+            cases.append(dict(num_bases=8, local_window=args.hybrid_window, input_kind="k_conv"))
         if n <= args.gaussian_max_len:
-            cases.append(dict(num_bases=8, local_window=0, input_kind="gaussian", fft_dtype="float64"))
+            cases.append(dict(num_bases=8, local_window=0, input_kind="gaussian"))
     return cases
 
 
 def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
-    """The speed table: one row per (n, k, local_window, input_kind, fft_dtype), calls interleaved per n."""
+    """The speed table: one row per (n, k, local_window, input_kind), calls interleaved per n."""
     rows = []
     scaling = args.head_dim**-0.5
     # Warm up both sides (thread pools, FFT plans) on a small input.
@@ -331,10 +352,11 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                 else:
                     inputs[kind, k] = (*gaussian_inputs(n, heads, args.head_dim, seed), torch.zeros(1, dtype=torch.long))
             case["inputs"] = inputs[kind, k]
-            case["conv_times"], case["floor_times"] = [], []
-            if kind == "k_conv" and case["local_window"] == 0:
-                query, key, _, breakpoints = case["inputs"]
-                case["kernels"] = _segment_kernels(query, key, breakpoints, scaling)  # the floor's inputs, untimed
+            case["conv_times"], case["floor_times"], case["segment_times"] = [], [], []
+            if kind == "k_conv" and case["local_window"] == 0:  # the floors' inputs, untimed
+                query, key, value, breakpoints = case["inputs"]
+                case["kernels"] = _segment_kernels(query, key, breakpoints, scaling)
+                case["floor_inputs"] = fft_floor_inputs(n, heads, value.shape[-1] + 1, breakpoints)
 
         # One SDPA call per repetition (its cost does not depend on the values), then every case, then its floor.
         run_sdpa = n <= args.sdpa_max_len
@@ -350,10 +372,9 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                         sdpa_output, sdpa_peak = out, peak
                 for case in cases:
                     query, key, value, breakpoints = case["inputs"]
-                    dtype = getattr(torch, case["fft_dtype"])
                     out, seconds, peak = _measure(
                         lambda: conv_basis_attention(
-                            query, key, value, num_bases=case["num_bases"], local_window=case["local_window"], fft_dtype=dtype
+                            query, key, value, num_bases=case["num_bases"], local_window=case["local_window"]
                         ),
                         first,
                     )
@@ -361,8 +382,12 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                     if first:
                         case["output"], case["peak"] = out, peak
                     if "kernels" in case:
-                        _, seconds, _ = _measure(lambda: fft_floor(value, case["kernels"], breakpoints, dtype), False)
+                        _, seconds, _ = _measure(lambda: fft_floor(*case["floor_inputs"]), False)
                         case["floor_times"].append(seconds)
+                        _, seconds, _ = _measure(
+                            lambda: segment_fft_convolution(value, case["kernels"], breakpoints), False
+                        )
+                        case["segment_times"].append(seconds)
 
             sdpa_seconds = statistics.median(sdpa_times) if sdpa_times else None
             for index, case in enumerate(cases):
@@ -377,6 +402,7 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                     recovered = found.shape[-1] == breakpoints.numel() and bool((found == breakpoints).all())
                 conv_seconds = statistics.median(case["conv_times"])
                 floor_seconds = statistics.median(case["floor_times"]) if case["floor_times"] else None
+                segment_seconds = statistics.median(case["segment_times"]) if case["segment_times"] else None
                 sdpa_error = max_row_error(sdpa_output, reference, sampled) if index == 0 and sdpa_output is not None else None
                 rows.append(
                     dict(
@@ -384,7 +410,6 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                         num_bases=case["num_bases"],
                         local_window=case["local_window"],
                         input_kind=case["input_kind"],
-                        fft_dtype=case["fft_dtype"],
                         num_heads=heads,
                         head_dim=args.head_dim,
                         sdpa_seconds=_round(sdpa_seconds),
@@ -392,6 +417,7 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                         speedup=_round(sdpa_seconds / conv_seconds if sdpa_seconds else None, 3),
                         fft_floor_seconds=_round(floor_seconds),
                         floor_ratio=_round(conv_seconds / floor_seconds if floor_seconds else None, 3),
+                        segment_fft_seconds=_round(segment_seconds),
                         max_rel_error=float(f"{max_row_error(case['output'], reference, sampled):.3e}"),
                         sdpa_max_rel_error=None if sdpa_error is None else float(f"{sdpa_error:.3e}"),
                         breakpoints_recovered=recovered,
@@ -659,13 +685,9 @@ def compare_to_sliding(results: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 
 
-def check_targets(rows: list[dict], fft_dtype: str) -> dict:
-    """The issue's speed and accuracy targets on the k=8 rows with the given FFT precision (None: not measured)."""
-    plain = {
-        r["n"]: r
-        for r in rows
-        if r["num_bases"] == 8 and r["local_window"] == 0 and r["input_kind"] == "k_conv" and r["fft_dtype"] == fft_dtype
-    }
+def check_targets(rows: list[dict]) -> dict:
+    """The issue's speed and accuracy targets on the k=8 rows (None: not measured)."""
+    plain = {r["n"]: r for r in rows if r["num_bases"] == 8 and r["local_window"] == 0 and r["input_kind"] == "k_conv"}
 
     def speedup_at(n):
         return plain[n]["speedup"] if n in plain else None
@@ -676,7 +698,7 @@ def check_targets(rows: list[dict], fft_dtype: str) -> dict:
     floor_ratios = [r["floor_ratio"] for r in plain.values() if r["floor_ratio"] is not None]
     # Memory per token and head (the largest n may use fewer heads).
     memory = sorted((n, r["peak_mem_mb"] / r["num_heads"]) for n, r in plain.items() if r["peak_mem_mb"])
-    errors = [r["max_rel_error"] for r in rows if r["input_kind"] == "k_conv" and r["fft_dtype"] == fft_dtype]
+    errors = [r["max_rel_error"] for r in rows if r["input_kind"] == "k_conv"]
     return {
         "speedup at n=32768 (target >= 10)": speedup_at(32768),
         "speedup at n=65536 (target >= 25)": speedup_at(65536),
@@ -734,9 +756,9 @@ def _table(records: list[dict], columns: list[str]) -> str:
 
 
 SPEED_COLUMNS = [
-    "n", "num_bases", "local_window", "input_kind", "fft_dtype", "num_heads", "sdpa_seconds", "conv_basis_seconds",
-    "speedup", "fft_floor_seconds", "floor_ratio", "max_rel_error", "sdpa_max_rel_error", "breakpoints_recovered",
-    "peak_mem_mb", "sdpa_peak_mem_mb",
+    "n", "num_bases", "local_window", "input_kind", "num_heads", "sdpa_seconds", "conv_basis_seconds", "speedup",
+    "fft_floor_seconds", "floor_ratio", "segment_fft_seconds", "max_rel_error", "sdpa_max_rel_error",
+    "breakpoints_recovered", "peak_mem_mb", "sdpa_peak_mem_mb",
 ]  # fmt: skip
 LM_COLUMNS = [
     "context", "setting", "perplexity", "perplexity_ratio", "prefill_seconds", "attention_seconds", "attention_speedup",
@@ -764,11 +786,12 @@ def write_markdown(report: dict, path: Path) -> None:
             "Inputs: `k_conv` = query/key whose masked logits have an exact k-conv basis (logit std "
             f"{meta['logit_std']}, known breakpoints; `breakpoints_recovered`: the paper's recovery found exactly them); "
             "`gaussian` = standard normal query/key/value (no conv structure: the error shows what k bases lose there). "
-            "`fft_dtype`: precision of the implementation's FFTs (float64 is its default). `max_rel_error`: largest "
-            "relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows (first/last rows, rows at "
-            "breakpoints, random rows); `sdpa_max_rel_error` is SDPA's against the same reference. `fft_floor_seconds`: "
-            "the bare FFT work of a k-segment basis in the same precision (per segment: rFFT of its value columns plus a "
-            "ones column and of its kernel, over the rows it reaches, product, inverse rFFT; no recovery, no normalisation). "
+            "`max_rel_error`: largest relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows "
+            "(first/last rows, rows at breakpoints, random rows); `sdpa_max_rel_error` is SDPA's against the same "
+            "reference. `fft_floor_seconds`: the implementation's own floor, its forward and inverse FFTs alone at the "
+            "sizes it uses (value pieces, kernel windows, output blocks; no block sums, copies, recovery or "
+            "normalisation). `segment_fft_seconds`: for reference, the same basis applied the direct way, one FFT "
+            "convolution per segment over the rows it reaches (fp64). "
             "`peak_mem_mb`: growth of the process's resident set during one call. SDPA is timed once per repetition per n "
             f"(its cost does not depend on the values); from n={meta['arguments']['long_from']} both sides use "
             f"{meta['arguments']['long_heads']} heads.",
@@ -777,12 +800,7 @@ def write_markdown(report: dict, path: Path) -> None:
             "",
             "## Targets (k=8, d=64, fp32 inputs)",
             "",
-            _table(
-                [{"target": name, **{dtype: targets[dtype][name] for dtype in targets}} for name in targets["float64"]],
-                ["target", *[dtype for dtype in targets]],
-            ),
-            "",
-            "Columns: the implementation's FFT precision.",
+            _table([{"target": name, "measured": value} for name, value in targets.items()], ["target", "measured"]),
             "",
         ]
     lm = report.get("lm")
@@ -847,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         rows=rows,
         frontier=frontier,
-        targets={dtype: check_targets(rows, dtype) for dtype in ("float64", "float32")} if rows else {},
+        targets=check_targets(rows) if rows else {},
         lm=lm,
         sliding_comparison=verdicts,
     )

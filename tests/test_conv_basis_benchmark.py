@@ -30,15 +30,22 @@ def test_fp64_reference_rows_match_sdpa():
     assert bench.max_row_error(sdpa + 0.1, reference, rows) > 1e-2
 
 
-@pytest.mark.parametrize("fft_dtype", [torch.float64, torch.float32])
-def test_fft_floor_does_the_whole_convolution(fft_dtype):
-    # The floor times real work: normalised, its output is exact attention on k-conv inputs.
+def test_segment_fft_convolution_does_the_whole_convolution():
+    # The per-segment reference times real work: normalised, its output is exact attention on k-conv inputs.
     query, key, value, breakpoints = bench.k_conv_inputs(257, 2, 16, 3, logit_std=2.0, seed=2)
     kernels = bench._segment_kernels(query, key, breakpoints, 16**-0.5)
-    channels = bench.fft_floor(value, kernels, breakpoints, fft_dtype)  # (H, d + 1, n)
+    channels = bench.segment_fft_convolution(value, kernels, breakpoints)  # (H, d + 1, n)
     output = (channels[:, :-1] / channels[:, -1:]).transpose(1, 2)[None].float()
     expected = F.scaled_dot_product_attention(query, key, value, is_causal=True)
     torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fft_floor_has_the_sizes_of_the_block_scheme():
+    # n = 4096 uses blocks of 512; breakpoint 1000 splits block 1, 2048 falls on a block edge.
+    pieces, kernels, spectra = bench.fft_floor_inputs(4096, 2, 17, torch.tensor([0, 1000, 2048]))
+    assert pieces.shape == (2, 17, 8 + 1, 1024) and kernels.shape == (2, 3, 8, 1024)
+    assert spectra.shape == (2, 17, 8, 513)
+    assert bench.fft_floor(pieces, kernels, spectra).shape == (2, 17, 8, 1024)
 
 
 def test_bad_arguments_raise():
@@ -62,17 +69,14 @@ def test_smallest_run_writes_schema_and_small_errors(tmp_path):
     assert (tmp_path / "out" / "conv_basis.png").stat().st_size > 0
 
     rows = report["rows"]
-    assert {(r["num_bases"], r["local_window"], r["fft_dtype"]) for r in rows} == {
-        (8, 0, "float64"), (8, 0, "float32"), (8, 128, "float64"),
-    }  # fmt: skip
+    assert {(r["num_bases"], r["local_window"]) for r in rows} == {(8, 0), (8, 128)}
     required = {"n", "num_bases", "local_window", "input_kind", "sdpa_seconds", "conv_basis_seconds", "speedup",
-                "fft_floor_seconds", "max_rel_error", "peak_mem_mb"}  # fmt: skip
+                "fft_floor_seconds", "segment_fft_seconds", "max_rel_error", "peak_mem_mb"}  # fmt: skip
     for row in rows:
         assert required <= set(row)
         assert row["conv_basis_seconds"] > 0 and row["sdpa_seconds"] > 0
         assert row["breakpoints_recovered"] is True
-        # The bar for exact k-conv inputs is 1e-4 (with the default fp64 FFTs); fp32 FFTs are looser.
-        assert row["max_rel_error"] <= (1e-4 if row["fft_dtype"] == "float64" else 1e-2)
+        assert row["max_rel_error"] <= 1e-4  # the bar for exact k-conv inputs
 
     frontier = report["frontier"]
     assert {f["setting"] for f in frontier} >= {"sdpa", "paper k=4", "window w=64", "hybrid w=64 k=4"}

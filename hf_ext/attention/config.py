@@ -46,8 +46,6 @@ class ConvBasisConfig:
 
         min_seq_len (`int`, *optional*, defaults to `1024`):
             Sequences shorter than this use exact attention (the basis does not pay off on short prompts).
-        fft_precision (`str`, *optional*, defaults to `"float64"`):
-            Precision of the FFTs, `"float64"` or `"float32"` (about twice as fast, less accurate).
     """
 
     num_bases: int | None = field(default=None, metadata={"help": "k: bases per head; None = exact."})
@@ -59,7 +57,6 @@ class ConvBasisConfig:
     auto_tolerance: float = field(default=0.05, metadata={"help": "Sampled error accepted by policy='auto'."})
     auto_sample_rows: int = field(default=32, metadata={"help": "Rows sampled per head by policy='auto'."})
     min_seq_len: int = field(default=1024, metadata={"help": "Shorter sequences use exact attention."})
-    fft_precision: str = field(default="float64", metadata={"help": "'float64' or 'float32'."})
 
     def __post_init__(self):
         def require(name, ok, expected):
@@ -82,7 +79,6 @@ class ConvBasisConfig:
         require("auto_tolerance", lambda v: is_number(v) and v > 0, "a number > 0")
         require("auto_sample_rows", lambda v: is_int(v) and v >= 1, "an integer >= 1")
         require("min_seq_len", lambda v: is_int(v) and v >= 0, "an integer >= 0")
-        require("fft_precision", lambda v: v in ("float64", "float32"), "'float64' or 'float32'")
 
     @classmethod
     def from_dict(cls, settings: dict[str, Any] | None) -> "ConvBasisConfig":

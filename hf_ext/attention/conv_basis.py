@@ -19,9 +19,10 @@ Notation (one head, sequence length n):
     denominator Z = Σ_i e_i ⊛ (1 restricted to the columns of segment i)
     Y = N / Z
 
-computed with one FFT per segment and channel, summed in the frequency domain (segments only a
-few columns wide, common with the paper's recovery, are summed directly in O(width · n · d)).
-No n × n tensor is formed on the convolution path.
+computed with block FFTs summed in the frequency domain (`_fft_segments`; segments only a few
+columns wide, common with the paper's recovery, are summed directly in O(width · n · d)). No
+n × n tensor is formed on the convolution path. The FFTs run in float64: float32 FFTs needed
+three bands (below) at logit std 2 and lost the first rows, so they were slower and less accurate.
 
 Numerics. An FFT convolution's error is relative to its largest term, so a row whose mass
 is far below the largest kernel value loses all precision. Each kernel is therefore split
@@ -50,10 +51,11 @@ __all__ = [
 
 POLICIES = ("paper", "auto")
 
-# Band width B (nats) per FFT precision: eps · e^B ≈ 2e-6 (fp64) / 1.3e-4 (fp32).
-_BAND_WIDTH = {torch.float64: 23.0, torch.float32: 7.0}
+# Precision of the FFTs and band width B (nats): eps · e^B ≈ 2e-6.
+_FFT_DTYPE = torch.float64
+_BAND_WIDTH = 23.0
 
-# Segments at most this many columns wide are summed directly: W·n·d work beats FFTs of length 2n.
+# Segments at most this many columns wide are summed directly: W·n·d work beats a block of FFTs.
 _DIRECT_MAX_WIDTH = 16
 
 
@@ -387,32 +389,29 @@ def _binary_search_breakpoints(
 # ----------------------------------------------------------------------------------------------
 
 
-def _fft_size(length: int) -> int:
-    # Smallest 2^a 3^b 5^c >= length: pocketfft is fast on these sizes.
-    best = 1 << max(0, (length - 1).bit_length())
-    power5 = 1
-    while power5 < best:
-        power35 = power5
-        while power35 < best:
-            size = power35
-            while size < length:
-                size *= 2
-            best = min(best, size)
-            power35 *= 3
-        power5 *= 5
-    return best
+def _block_size(n: int) -> int:
+    # Smallest power of two >= sqrt(32 n): balances the O(n log b) FFTs against the O(n² / b) block sums
+    # (measured on CPU for n = 4k..64k and k = 8, 16: within 10% of the best power of two).
+    return min(1 << max(0, (n - 1).bit_length()), 1 << -(-(32 * n - 1).bit_length() // 2))
 
 
-def _pad_to(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.nn.functional.pad(tensor, (0, length - tensor.shape[-1]))
+def _block_fft(signal: torch.Tensor, block: int, num_blocks: int) -> torch.Tensor:
+    """rFFTs (length 2·block) of the kernel windows `g_δ[t] = e[δ·block + t - (block - 1)]`, δ < num_blocks.
+
+    `signal` `(..., n)` -> `(..., num_blocks, block + 1)`.
+    """
+    left = block - 1
+    padded = torch.nn.functional.pad(signal, (left, (num_blocks + 1) * block - left - signal.shape[-1]))
+    windows = padded.unfold(-1, 2 * block, block)  # (..., num_blocks, 2·block)
+    return torch.fft.rfft(windows, dim=-1)
 
 
-def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_window, fft_dtype):
+def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_window):
     """Kernel logits `s_i[t] = H[j_i + t, j_i]` (the profile of each segment's first column), `-inf` where unused."""
     batch, num_heads, n, _ = q.shape
     lags = torch.arange(n, device=q.device)
-    start_keys = _rows_at(k, starts).to(fft_dtype)  # (B, H, K, D)
-    scores = scaling * torch.einsum("bhnd,bhkd->bhkn", q.to(fft_dtype), start_keys)
+    start_keys = _rows_at(k, starts).to(_FFT_DTYPE)  # (B, H, K, D)
+    scores = scaling * torch.einsum("bhnd,bhkd->bhkn", q.to(_FFT_DTYPE), start_keys)
     rows = starts[..., None] + lags  # (B, H, K, n)
     kernel = _transform_logits(scores.gather(-1, rows.clamp(max=n - 1)), softcap)
     used = (rows < n) & (lags >= local_window)  # lags below the local window are computed exactly elsewhere
@@ -421,64 +420,100 @@ def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_windo
     return kernel.masked_fill(~used, float("-inf"))
 
 
-def _fft_segments(kernel, starts, ends, augmented, fft_dtype):
-    """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale)`."""
+def _fft_segments(kernel, starts, ends, augmented):
+    """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale)`.
+
+    Uniformly partitioned convolution: rows and columns are cut into blocks of `b` (`_block_size`).
+    Output block r is `Σ_c T_{r-c} V_c` with `V_c` the columns of block c and `T_δ` the Toeplitz block of
+    lags `(δb - b, δb + b)`; in the frequency domain (rFFT of length 2b, overlap-save) each term is a
+    product, so the sum over column blocks is one small matrix product per frequency:
+
+        Ŷ_r(f) = Σ_p ĝ_{i_p, r - c_p}(f) · V̂_p(f)        over pieces p = (segment i_p, column block c_p ≤ r)
+
+    where a piece holds the columns of segment i_p inside block c_p (blocks cut by a breakpoint give one
+    piece per segment). The FFT work is O(n log b) per channel whatever k is; the block sums cost O(n² / b).
+    """
     batch, num_heads, channels, n = augmented.shape
     used = kernel.isfinite()
+    if not bool(used.any()):  # every kernel entry lies in the exact local window
+        return augmented.new_zeros(batch, num_heads, channels, n), augmented.new_full((batch, num_heads, n), -torch.inf)
     # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m.
-    band_width = _BAND_WIDTH[fft_dtype]
+    band_width = _BAND_WIDTH
     peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
     peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
     band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
     num_bands = int(band.max()) + 1
 
-    fft_len = _fft_size(2 * n - 1)
-    value_acc, touch_acc = [None] * num_bands, [None] * num_bands
-    columns = torch.arange(n, device=augmented.device)
-    # Zero-padding explicitly to the FFT length is much faster than rfft(n=...) on CPU; without autograd
-    # one zeroed buffer is reused for every segment.
-    reuse_buffer = not (torch.is_grad_enabled() and augmented.requires_grad)
-    buffer = augmented.new_zeros(batch, num_heads, channels, fft_len) if reuse_buffer else None
-    for i in range(kernel.shape[2]):
-        if not bool(used[:, :, i].any()):  # e.g. a sliding window no longer than the exact local window
-            continue
-        in_segment = (columns >= starts[..., i, None]) & (columns < ends[..., i, None])  # (B, H, n)
-        if reuse_buffer:
-            torch.mul(augmented, in_segment[:, :, None, :], out=buffer[..., :n])
-            segment_fft = torch.fft.rfft(buffer, dim=-1)  # (B, H, C, F)
-        else:
-            segment_fft = torch.fft.rfft(_pad_to(augmented * in_segment[:, :, None, :], fft_len), dim=-1)
-        for m in range(num_bands):
-            in_band = used[:, :, i] & (band[:, :, i] == m)
-            if not bool(in_band.any()):
-                continue
-            scaled = torch.exp(kernel[:, :, i] - peak[..., 0] + m * band_width).masked_fill(~in_band, 0.0)
-            kernel_fft = torch.fft.rfft(_pad_to(scaled, fft_len), dim=-1)[:, :, None, :]
-            indicator_fft = torch.fft.rfft(_pad_to(in_band.to(fft_dtype), fft_len), dim=-1)
-            if value_acc[m] is None:
-                value_acc[m] = kernel_fft * segment_fft
-                touch_acc[m] = indicator_fft * segment_fft[:, :, -1]
-            else:  # frequency-domain sum over segments: one inverse FFT per band
-                value_acc[m].addcmul_(kernel_fft, segment_fft)
-                touch_acc[m].addcmul_(indicator_fft, segment_fft[:, :, -1])
+    block = _block_size(n)
+    num_blocks = -(-n // block)
+    device = augmented.device
+    block_starts = torch.arange(num_blocks, device=device) * block
+    # Pieces (segment i, column block c) holding a column of segment i for some head, zero-padded to 2b.
+    holds = (starts[..., None] < block_starts + block) & (ends[..., None] > block_starts) & used.any(-1)[..., None]
+    piece_segment, piece_block = holds.flatten(0, 1).any(0).nonzero(as_tuple=True)
+    columns = piece_block[:, None] * block + torch.arange(block, device=device)  # (P, b)
+    in_piece = (columns >= starts[..., piece_segment, None]) & (columns < ends[..., piece_segment, None])
+    cut = (~in_piece.flatten(0, 1).all(0).all(-1)).tolist()  # pieces a breakpoint cuts
+    pieces = augmented.new_empty(batch, num_heads, channels, piece_block.numel(), 2 * block)
+    for p, first in enumerate((piece_block * block).tolist()):
+        width = min(block, n - first)
+        values = augmented[..., first : first + width]
+        pieces[..., p, :width] = values * in_piece[:, :, None, p, :width] if cut[p] else values
+        pieces[..., p, width:] = 0.0
+    piece_fft = torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 3, 2)  # (B, H, F, P, C): one matrix per frequency
+    # Ŷ_r = Σ_p ĝ_{i_p, r - c_p} V̂_p: the transfer matrix (r, p) per frequency, a zero block where c_p > r.
+    lag_block = torch.arange(num_blocks, device=device)[:, None] - piece_block  # (R, P)
+    zero_block = kernel.shape[2] * num_blocks
+    transfer_index = torch.where(lag_block >= 0, piece_segment * num_blocks + lag_block, zero_block).flatten()
 
+    def block_sums(kernel_values, signals):
+        kernel_fft = _block_fft(kernel_values, block, num_blocks).flatten(2, 3)  # (B, H, K·R, F)
+        kernel_fft = torch.cat([kernel_fft, kernel_fft.new_zeros(batch, num_heads, 1, block + 1)], dim=2)
+        transfer = kernel_fft.index_select(2, transfer_index).view(batch, num_heads, num_blocks, -1, block + 1)
+        out_fft = (transfer.permute(0, 1, 4, 2, 3) @ signals).permute(0, 1, 4, 3, 2)  # (B, H, C', R, F)
+        out = torch.fft.irfft(out_fft, n=2 * block, dim=-1)[..., block - 1 : 2 * block - 1]  # overlap-save
+        return out.reshape(batch, num_heads, -1, num_blocks * block)[..., :n]
+
+    if num_bands == 1:  # the usual case in fp64: no rescaling, rows the kernels do not reach hold no mass
+        reached = _reached_rows(used, starts, ends, augmented[:, :, -1] > 0)
+        log_scale = peak[..., 0].expand(batch, num_heads, n).masked_fill(~reached, float("-inf"))
+        return block_sums(torch.exp(kernel - peak), piece_fft), log_scale
     # Back to rows; band m is kept only where the row touches one of its entries through an attended
     # key (the last channel is the key mask, so this 0/1 count is exact), and rescaled to the row's top band.
     bands = []
-    top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=augmented.device)
+    top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=device)
     for m in range(num_bands):
-        if value_acc[m] is not None:
-            touched = torch.fft.irfft(touch_acc[m], n=fft_len, dim=-1)[..., :n] > 0.5
-            bands.append((m, torch.fft.irfft(value_acc[m], n=fft_len, dim=-1)[..., :n], touched))
-            top_band = torch.where(touched & (top_band == num_bands), m, top_band)
+        in_band = used & (band == m)
+        if not bool(in_band.any()):
+            continue
+        scaled = torch.exp(kernel - peak + m * band_width).masked_fill(~in_band, 0.0)
+        touched = block_sums(in_band.to(_FFT_DTYPE), piece_fft[..., -1:])[:, :, 0] > 0.5
+        bands.append((m, block_sums(scaled, piece_fft), touched))
+        top_band = torch.where(touched & (top_band == num_bands), m, top_band)
     sums = None
     for m, out, touched in bands:
-        weight = (torch.exp(-(m - top_band).clamp(min=0).to(fft_dtype) * band_width) * touched)[:, :, None, :]
+        weight = (torch.exp(-(m - top_band).clamp(min=0).to(_FFT_DTYPE) * band_width) * touched)[:, :, None, :]
         sums = weight * out if sums is None else sums.addcmul_(weight, out)
-    if sums is None:  # every kernel entry lies in the exact local window
-        sums = augmented.new_zeros(batch, num_heads, channels, n)
-    log_scale = peak[..., 0] - top_band.to(fft_dtype) * band_width
+    log_scale = peak[..., 0] - top_band.to(_FFT_DTYPE) * band_width
     return sums, log_scale.masked_fill(top_band == num_bands, float("-inf"))
+
+
+def _reached_rows(used, starts, ends, attended):
+    """Rows that reach a used kernel entry through an attended key: `(B, H, n)` bool, exact integer counts.
+
+    Each segment's used lags form one range `[lo, hi)`, so row r reaches the segment's columns
+    `(r - hi, r - lo]`; prefix sums of the attended keys count them.
+    """
+    n = used.shape[-1]
+    has_lag = used.any(-1)  # (B, H, K)
+    lo = used.long().argmax(-1)
+    hi = n - used.flip(-1).long().argmax(-1)
+    prefix = torch.nn.functional.pad(attended.long().cumsum(-1), (1, 0))  # keys attended before each column
+    rows = torch.arange(n, device=used.device)
+    upper = torch.minimum(torch.maximum(rows - lo[..., None] + 1, starts[..., None]), ends[..., None])
+    lower = torch.minimum(torch.maximum(rows - hi[..., None] + 1, starts[..., None]), ends[..., None])
+    count = prefix.gather(-1, upper.flatten(2)) - prefix.gather(-1, lower.flatten(2))
+    return ((count.view_as(upper) > 0) & has_lag[..., None]).any(2)
 
 
 def _direct_columns(kernel, starts, ends, augmented, group_size=32):
@@ -558,14 +593,22 @@ def _local_window_part(q, k, augmented, window, scaling, softcap, key_mask, max_
 
 
 def _merge(parts):
-    """Add partial sums `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale."""
+    """Add partial sums `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale.
+
+    Returns the sums and the rows with a finite scale (rows no part reaches hold no mass). A common row
+    scale cancels in `numerator / denominator`, so a single part is returned as it is.
+    """
+    if len(parts) == 1:
+        sums, log_scale = parts[0]
+        return sums, log_scale.isfinite()
     shift = torch.stack([log_scale for _, log_scale in parts]).amax(dim=0)
-    shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
+    reached = shift.isfinite()
+    shift = torch.where(reached, shift, torch.zeros_like(shift))
     total = None
     for sums, log_scale in parts:
         weight = torch.exp(log_scale - shift)[:, :, None, :]
         total = sums * weight if total is None else total.addcmul_(sums, weight)
-    return total
+    return total, reached
 
 
 def _check_attention_inputs(query, key, value):
@@ -604,7 +647,6 @@ def conv_basis_attention(
     sliding_window: int | None = None,
     key_mask: torch.Tensor | None = None,
     dropout: float = 0.0,
-    fft_dtype: torch.dtype = torch.float64,
     breakpoints: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention `softmax(M ∘ s Q Kᵀ) V` through a conv basis, in O(k n d log n).
@@ -628,8 +670,6 @@ def conv_basis_attention(
         key_mask (`torch.Tensor` of shape `(B, n)`, *optional*): True for keys that may be attended (padding).
         dropout (`float`, defaults to 0.0): attention dropout; weights are never formed on the convolution
             path, so a positive value computes exact attention.
-        fft_dtype (`torch.dtype`, defaults to `torch.float64`): precision of the FFTs (`torch.float32` is
-            about twice as fast and uses narrower magnitude bands).
         breakpoints (`torch.Tensor` of shape `(B, H, K)`, *optional*): a basis from `recover_conv_basis`
             to apply instead of recovering one.
 
@@ -646,8 +686,6 @@ def conv_basis_attention(
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     if local_window < 0 or sink_tokens < 0:
         raise ValueError(f"local_window and sink_tokens must be >= 0, got {local_window} and {sink_tokens}")
-    if fft_dtype not in _BAND_WIDTH:
-        raise ValueError(f"fft_dtype must be torch.float64 or torch.float32, got {fft_dtype}")
     if key_mask is not None and key_mask.shape != (query.shape[0], key.shape[2]):
         raise ValueError(f"key_mask must have shape {(query.shape[0], key.shape[2])}, got {tuple(key_mask.shape)}")
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
@@ -667,28 +705,28 @@ def conv_basis_attention(
         )  # fmt: skip
     # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
     # u = key mask.
-    augmented = v.new_empty(v.shape[0], v.shape[1], v.shape[-1] + 1, n, dtype=fft_dtype)  # (B, H, Dv + 1, n)
+    augmented = v.new_empty(v.shape[0], v.shape[1], v.shape[-1] + 1, n, dtype=_FFT_DTYPE)  # (B, H, Dv + 1, n)
     augmented[:, :, :-1] = v.transpose(-1, -2)
     augmented[:, :, -1] = 1.0
     if key_mask is not None:
         augmented = augmented * key_mask[:, None, None, :]
     starts = breakpoints  # j_i, padded with n
     ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
-    kernel = _segment_kernels(query, k, starts, scaling, softcap, sliding_window, window, fft_dtype)
+    kernel = _segment_kernels(query, k, starts, scaling, softcap, sliding_window, window)
     # Segments a few columns wide are summed directly; the others go through the FFT.
     widths = (ends - starts).amax(dim=(0, 1))
     narrow = [i for i in range(starts.shape[-1]) if 0 < widths[i] <= _DIRECT_MAX_WIDTH]
     wide = [i for i in range(starts.shape[-1]) if widths[i] > _DIRECT_MAX_WIDTH]
     parts = _direct_columns(kernel[:, :, narrow], starts[..., narrow], ends[..., narrow], augmented) if narrow else []
     if wide:
-        parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented, fft_dtype))
+        parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented))
     if window > 0:
         parts.append(_local_window_part(query, k, augmented, window, scaling, softcap, key_mask))
-    sums = _merge(parts)
-    numerator, denominator = sums[:, :, :-1].transpose(-1, -2), sums[:, :, -1]
-    has_mass = denominator > 0
-    output = numerator / torch.where(has_mass, denominator, torch.ones_like(denominator))[..., None]
-    output = output.masked_fill(~has_mass[..., None], 0.0).to(query.dtype)
+    sums, reached = _merge(parts)
+    numerator, denominator = sums[:, :, :-1], sums[:, :, -1]
+    has_mass = reached & (denominator > 0)
+    inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
+    output = (numerator * inverse[:, :, None]).transpose(-1, -2).to(query.dtype)
 
     if policy == "auto":
         rows = torch.linspace(0, n - 1, min(auto_sample_rows, n), device=query.device).round().long().unique()

@@ -137,7 +137,6 @@ class ConvBasisAttention:
             softcap=softcap,
             sliding_window=sliding_window,
             key_mask=key_mask,
-            fft_dtype=getattr(torch, settings.fft_precision),
         )
         return output.transpose(1, 2).contiguous(), None
 

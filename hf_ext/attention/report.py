@@ -132,9 +132,8 @@ def conv_basis_report(
             local_window=window, sink_tokens=config.sink_tokens, key_mask=key_mask, **common,
         )  # fmt: skip
         approx = conv_basis_attention(
-            query, key, value, breakpoints=breakpoints, local_window=config.local_window, key_mask=key_mask,
-            fft_dtype=getattr(torch, config.fft_precision), **common,
-        )  # fmt: skip
+            query, key, value, breakpoints=breakpoints, local_window=config.local_window, key_mask=key_mask, **common
+        )
         reference = exact_attention(query[:, :, rows], key, value, key_mask=key_mask, query_positions=rows, **common)
         errors = sampled_row_error(approx[:, :, rows], reference).amax(dim=0)  # worst over the batch
         counts = (breakpoints < n).sum(-1).amax(dim=0)
