@@ -55,6 +55,9 @@ POLICIES = ("paper", "auto")
 _FFT_DTYPE = torch.float64
 _BAND_WIDTH = 23.0
 
+# Heads are applied in groups of at most this many (batch · head · position) rows.
+_HEAD_POSITIONS = 2**16
+
 # Segments at most this many columns wide are summed directly: W·n·d work beats a block of FFTs.
 _DIRECT_MAX_WIDTH = 16
 
@@ -438,10 +441,9 @@ def _fft_segments(kernel, starts, ends, augmented):
     if not bool(used.any()):  # every kernel entry lies in the exact local window
         return augmented.new_zeros(batch, num_heads, channels, n), augmented.new_full((batch, num_heads, n), -torch.inf)
     # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m.
-    band_width = _BAND_WIDTH
     peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
     peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
-    band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
+    band = torch.where(used, ((peak - kernel.detach()) / _BAND_WIDTH).floor(), torch.zeros_like(kernel)).long()
     num_bands = int(band.max()) + 1
 
     block = _block_size(n)
@@ -486,15 +488,15 @@ def _fft_segments(kernel, starts, ends, augmented):
         in_band = used & (band == m)
         if not bool(in_band.any()):
             continue
-        scaled = torch.exp(kernel - peak + m * band_width).masked_fill(~in_band, 0.0)
+        scaled = torch.exp(kernel - peak + m * _BAND_WIDTH).masked_fill(~in_band, 0.0)
         touched = block_sums(in_band.to(_FFT_DTYPE), piece_fft[..., -1:])[:, :, 0] > 0.5
         bands.append((m, block_sums(scaled, piece_fft), touched))
         top_band = torch.where(touched & (top_band == num_bands), m, top_band)
     sums = None
     for m, out, touched in bands:
-        weight = (torch.exp(-(m - top_band).clamp(min=0).to(_FFT_DTYPE) * band_width) * touched)[:, :, None, :]
+        weight = (torch.exp(-(m - top_band).clamp(min=0).to(_FFT_DTYPE) * _BAND_WIDTH) * touched)[:, :, None, :]
         sums = weight * out if sums is None else sums.addcmul_(weight, out)
-    log_scale = peak[..., 0] - top_band.to(_FFT_DTYPE) * band_width
+    log_scale = peak[..., 0] - top_band.to(_FFT_DTYPE) * _BAND_WIDTH
     return sums, log_scale.masked_fill(top_band == num_bands, float("-inf"))
 
 
@@ -644,6 +646,35 @@ def _merge(parts):
     return total, reached
 
 
+def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask):
+    """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in the dtype of `query`."""
+    n = query.shape[2]
+    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
+    # u = key mask.
+    augmented = value.new_empty(*value.shape[:2], value.shape[-1] + 1, n, dtype=_FFT_DTYPE)  # (B, H, Dv + 1, n)
+    augmented[:, :, :-1] = value.transpose(-1, -2)
+    augmented[:, :, -1] = 1.0
+    if key_mask is not None:
+        augmented = augmented * key_mask[:, None, None, :]
+    starts = breakpoints  # j_i, padded with n
+    ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
+    kernel = _segment_kernels(query, key, starts, scaling, softcap, sliding_window, window)
+    # Segments a few columns wide are summed directly; the others go through the FFT.
+    widths = (ends - starts).amax(dim=(0, 1))
+    narrow = [i for i in range(starts.shape[-1]) if 0 < widths[i] <= _DIRECT_MAX_WIDTH]
+    wide = [i for i in range(starts.shape[-1]) if widths[i] > _DIRECT_MAX_WIDTH]
+    parts = _direct_columns(kernel[:, :, narrow], starts[..., narrow], ends[..., narrow], augmented) if narrow else []
+    if wide:
+        parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented))
+    if window > 0:
+        parts.append(_local_window_part(query, key, value, augmented, window, scaling, softcap, key_mask))
+    sums, reached = _merge(parts)
+    numerator, denominator = sums[:, :, :-1], sums[:, :, -1]
+    has_mass = reached & (denominator > 0)
+    inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
+    return (numerator * inverse[:, :, None]).transpose(-1, -2).to(query.dtype)
+
+
 def _check_attention_inputs(query, key, value):
     if query.ndim != 4 or key.ndim != 4:
         raise ValueError(
@@ -736,30 +767,19 @@ def conv_basis_attention(
             softcap=softcap, sliding_window=sliding_window, local_window=window, sink_tokens=sink_tokens,
             key_mask=key_mask,
         )  # fmt: skip
-    # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
-    # u = key mask.
-    augmented = v.new_empty(v.shape[0], v.shape[1], v.shape[-1] + 1, n, dtype=_FFT_DTYPE)  # (B, H, Dv + 1, n)
-    augmented[:, :, :-1] = v.transpose(-1, -2)
-    augmented[:, :, -1] = 1.0
-    if key_mask is not None:
-        augmented = augmented * key_mask[:, None, None, :]
-    starts = breakpoints  # j_i, padded with n
-    ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
-    kernel = _segment_kernels(query, k, starts, scaling, softcap, sliding_window, window)
-    # Segments a few columns wide are summed directly; the others go through the FFT.
-    widths = (ends - starts).amax(dim=(0, 1))
-    narrow = [i for i in range(starts.shape[-1]) if 0 < widths[i] <= _DIRECT_MAX_WIDTH]
-    wide = [i for i in range(starts.shape[-1]) if widths[i] > _DIRECT_MAX_WIDTH]
-    parts = _direct_columns(kernel[:, :, narrow], starts[..., narrow], ends[..., narrow], augmented) if narrow else []
-    if wide:
-        parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented))
-    if window > 0:
-        parts.append(_local_window_part(query, k, v, augmented, window, scaling, softcap, key_mask))
-    sums, reached = _merge(parts)
-    numerator, denominator = sums[:, :, :-1], sums[:, :, -1]
-    has_mass = reached & (denominator > 0)
-    inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
-    output = (numerator * inverse[:, :, None]).transpose(-1, -2).to(query.dtype)
+    # A few heads at a time: the FFT work space is about 60 bytes per channel and position, so this bounds it
+    # (as fast as all heads at once, measured at n = 32768).
+    group = max(1, _HEAD_POSITIONS // (query.shape[0] * n))
+    output = torch.cat(
+        [
+            _apply_basis(
+                query[:, h : h + group], k[:, h : h + group], v[:, h : h + group], breakpoints[:, h : h + group],
+                scaling, softcap, sliding_window, window, key_mask,
+            )  # fmt: skip
+            for h in range(0, num_heads, group)
+        ],
+        dim=1,
+    )
 
     if policy == "auto":
         rows = torch.linspace(0, n - 1, min(auto_sample_rows, n), device=query.device).round().long().unique()
