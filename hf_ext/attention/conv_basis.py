@@ -646,6 +646,28 @@ def _merge(parts):
     return total, reached
 
 
+def _basis_rows(query, key, value, breakpoints, rows, scaling, softcap, sliding_window, window, key_mask):
+    """The basis's attention output on the given rows, evaluated densely in O(rows · n · d): `(B, H, R, Dv)`.
+
+    Row r's logit for column j is the profile of j's segment at lag r - j, exact within the local window:
+    what `_apply_basis` computes for every row.
+    """
+    n = query.shape[2]
+    kernel = _segment_kernels(query, key, breakpoints, scaling, softcap, sliding_window, window)  # (B, H, K, n)
+    columns = torch.arange(n, device=query.device)
+    segment = torch.searchsorted(breakpoints.contiguous(), columns.expand(*breakpoints.shape[:2], n).contiguous(), right=True) - 1
+    lag = rows[:, None] - columns  # (R, n)
+    index = segment[:, :, None, :] * n + lag.clamp(min=0)  # (B, H, R, n) into the flattened kernels
+    profile_logits = kernel.flatten(2).gather(-1, index.flatten(2)).view_as(index)
+    exact_logits = scaling * query[:, :, rows].to(_FFT_DTYPE) @ key.to(_FFT_DTYPE).transpose(-1, -2)
+    logits = torch.where(lag < window, _transform_logits(exact_logits, softcap), profile_logits)
+    visible = (lag >= 0) if sliding_window is None else (lag >= 0) & (lag < sliding_window)
+    if key_mask is not None:
+        visible = visible & key_mask[:, None, None, :].bool()
+    weights = torch.softmax(logits.masked_fill(~visible, float("-inf")), dim=-1).nan_to_num(0.0)
+    return weights @ value.to(_FFT_DTYPE)
+
+
 def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask):
     """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in the dtype of `query`."""
     n = query.shape[2]
@@ -770,28 +792,35 @@ def conv_basis_attention(
     # A few heads at a time: the FFT work space is about 60 bytes per channel and position, so this bounds it
     # (as fast as all heads at once, measured at n = 32768).
     group = max(1, _HEAD_POSITIONS // (query.shape[0] * n))
-    output = torch.cat(
-        [
-            _apply_basis(
-                query[:, h : h + group], k[:, h : h + group], v[:, h : h + group], breakpoints[:, h : h + group],
-                scaling, softcap, sliding_window, window, key_mask,
-            )  # fmt: skip
-            for h in range(0, num_heads, group)
-        ],
-        dim=1,
-    )
-
+    rows = None
     if policy == "auto":
         rows = torch.linspace(0, n - 1, min(auto_sample_rows, n), device=query.device).round().long().unique()
-        reference = exact_attention(query[:, :, rows], k, v, **common, query_positions=rows)
-        error = sampled_row_error(output[:, :, rows], reference)  # (B, H)
-        fallback = error > auto_tolerance
-        if bool(fallback.any()):
-            b_idx, h_idx = fallback.nonzero(as_tuple=True)
-            exact = exact_attention(
-                query[b_idx, h_idx][:, None], k[b_idx, h_idx][:, None], v[b_idx, h_idx][:, None],
-                scaling=scaling, softcap=softcap, sliding_window=sliding_window,
-                key_mask=None if key_mask is None else key_mask[b_idx],
-            )  # fmt: skip
-            output = output.index_put((b_idx, h_idx), exact[:, 0])
-    return output
+    outputs = []
+    for h in range(0, num_heads, group):
+        q, k_group, v_group, basis = (t[:, h : h + group] for t in (query, k, v, breakpoints))
+        if rows is None:
+            outputs.append(_apply_basis(q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask))
+            continue
+        # "auto": the basis's output on the sampled rows, evaluated densely, decides per head before any FFT work.
+        approx = _basis_rows(q, k_group, v_group, basis, rows, scaling, softcap, sliding_window, window, key_mask)
+        reference = exact_attention(q[:, :, rows], k_group, v_group, **common, query_positions=rows)
+        keep = sampled_row_error(approx, reference) <= auto_tolerance  # (B, heads of the group)
+        output = q.new_empty(*q.shape[:3], v.shape[-1])
+        for chosen, use_basis in ((keep, True), (~keep, False)):
+            b_idx, h_idx = chosen.nonzero(as_tuple=True)
+            if b_idx.numel() == 0:
+                continue
+            # The chosen (batch, head) pairs become a batch of one-head sequences.
+            pair_q, pair_k, pair_v = (t[b_idx, h_idx][:, None] for t in (q, k_group, v_group))
+            pair_mask = None if key_mask is None else key_mask[b_idx]
+            if use_basis:
+                pair_basis = basis[b_idx, h_idx][:, None]
+                out = _apply_basis(pair_q, pair_k, pair_v, pair_basis, scaling, softcap, sliding_window, window, pair_mask)
+            else:
+                out = exact_attention(
+                    pair_q, pair_k, pair_v, scaling=scaling, softcap=softcap, sliding_window=sliding_window,
+                    key_mask=pair_mask,
+                )  # fmt: skip
+            output[b_idx, h_idx] = out[:, 0]
+        outputs.append(output)
+    return torch.cat(outputs, dim=1)
