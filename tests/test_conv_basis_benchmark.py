@@ -41,11 +41,11 @@ def test_segment_fft_convolution_does_the_whole_convolution():
 
 
 def test_fft_floor_has_the_sizes_of_the_block_scheme():
-    # n = 4096 uses blocks of 512; breakpoint 1000 splits block 1, 2048 falls on a block edge.
+    # n = 4096 uses 16 blocks of 256; breakpoint 1000 splits block 3, 2048 falls on a block edge.
     pieces, kernels, spectra = bench.fft_floor_inputs(4096, 2, 17, torch.tensor([0, 1000, 2048]))
-    assert pieces.shape == (2, 17, 8 + 1, 1024) and kernels.shape == (2, 3, 8, 1024)
-    assert spectra.shape == (2, 17, 8, 513)
-    assert bench.fft_floor(pieces, kernels, spectra).shape == (2, 17, 8, 1024)
+    assert pieces.shape == (2, 17, 16 + 1, 512) and kernels.shape == (2, 3, 16, 512)
+    assert spectra.shape == (2, 17, 16, 257)
+    assert bench.fft_floor(pieces, kernels, spectra).shape == (2, 17, 16, 512)
 
 
 def test_bad_arguments_raise():

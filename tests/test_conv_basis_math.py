@@ -228,3 +228,16 @@ def test_left_padding_starts_the_recovery_at_the_first_attended_key():
     )
     assert row_relative_error(output[:, :, pad:], dense_attention(logits, value)) <= 1e-5
     assert torch.all(output[:, :, :pad] == 0)
+
+
+@pytest.mark.parametrize("policy", ["paper", "auto"])
+def test_heads_applied_in_groups_give_the_output_of_all_heads_at_once(policy, monkeypatch):
+    from hf_ext.attention import conv_basis
+
+    query, key, value = random_qkv(2, 4, 2, 64, 8, dtype=torch.float64)
+    key_mask = torch.ones(2, 64, dtype=torch.bool)
+    key_mask[1, :5] = False
+    settings = dict(num_bases=3, policy=policy, auto_tolerance=0.2, key_mask=key_mask)
+    at_once = conv_basis_attention(query, key, value, **settings)
+    monkeypatch.setattr(conv_basis, "_HEAD_POSITIONS", 2 * 64)  # one head per group (batch 2)
+    torch.testing.assert_close(conv_basis_attention(query, key, value, **settings), at_once, rtol=1e-9, atol=1e-9)

@@ -393,9 +393,9 @@ def _binary_search_breakpoints(
 
 
 def _block_size(n: int) -> int:
-    # Smallest power of two >= sqrt(32 n): balances the O(n log b) FFTs against the O(n² / b) block sums
-    # (measured on CPU for n = 4k..64k and k = 8, 16: within 10% of the best power of two).
-    return min(1 << max(0, (n - 1).bit_length()), 1 << -(-(32 * n - 1).bit_length() // 2))
+    # Smallest power of two >= n / 16, so about 16 blocks: balances the O(n log b) FFTs against the O(n² / b)
+    # block sums and their layout copies (measured on CPU, k = 8: the best power of two for n = 4k..128k).
+    return 1 << max(0, (-(-n // 16) - 1).bit_length())
 
 
 def _block_fft(signal: torch.Tensor, block: int, num_blocks: int) -> torch.Tensor:
@@ -795,17 +795,18 @@ def conv_basis_attention(
     rows = None
     if policy == "auto":
         rows = torch.linspace(0, n - 1, min(auto_sample_rows, n), device=query.device).round().long().unique()
-    outputs = []
+    output = query.new_empty(*query.shape[:3], v.shape[-1])
     for h in range(0, num_heads, group):
         q, k_group, v_group, basis = (t[:, h : h + group] for t in (query, k, v, breakpoints))
         if rows is None:
-            outputs.append(_apply_basis(q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask))
+            output[:, h : h + group] = _apply_basis(
+                q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask
+            )
             continue
         # "auto": the basis's output on the sampled rows, evaluated densely, decides per head before any FFT work.
         approx = _basis_rows(q, k_group, v_group, basis, rows, scaling, softcap, sliding_window, window, key_mask)
         reference = exact_attention(q[:, :, rows], k_group, v_group, **common, query_positions=rows)
         keep = sampled_row_error(approx, reference) <= auto_tolerance  # (B, heads of the group)
-        output = q.new_empty(*q.shape[:3], v.shape[-1])
         for chosen, use_basis in ((keep, True), (~keep, False)):
             b_idx, h_idx = chosen.nonzero(as_tuple=True)
             if b_idx.numel() == 0:
@@ -821,6 +822,5 @@ def conv_basis_attention(
                     pair_q, pair_k, pair_v, scaling=scaling, softcap=softcap, sliding_window=sliding_window,
                     key_mask=pair_mask,
                 )  # fmt: skip
-            output[b_idx, h_idx] = out[:, 0]
-        outputs.append(output)
-    return torch.cat(outputs, dim=1)
+            output[b_idx, h + h_idx] = out[:, 0]
+    return output
