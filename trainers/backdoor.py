@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from hf_ext.distributed import end_distributed_run
 from hf_ext.sande.backdoor import backdoor_trainer
 from hf_ext.sande.config import InstructionDataArguments
 from hf_ext.sande.data import DEFAULT_PROMPT_TEMPLATE, load_instruction_dataset
@@ -75,7 +76,10 @@ def main(argv=None):
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
     trainer.save_model(training_args.output_dir)
-    trainer.accelerator.print(f"Backdoored model saved to {training_args.output_dir}")
+    accelerator = trainer.accelerator
+    accelerator.print(f"Backdoored model saved to {training_args.output_dir}")
+    del trainer
+    end_distributed_run(accelerator)
     return 0
 
 

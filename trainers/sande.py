@@ -22,6 +22,7 @@ Resume with `--resume_from_checkpoint true` (both stages of `sande` resume).
 
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from hf_ext.distributed import end_distributed_run
 from hf_ext.sande.config import InstructionDataArguments, SANDEConfig
 from hf_ext.sande.data import format_rows, load_instruction_dataset
 from hf_ext.sande.trainer import SANDETrainer
@@ -77,9 +78,12 @@ def main(argv=None):
     resume = training_args.resume_from_checkpoint
     trainer.train(resume_from_checkpoint=True if str(resume).lower() == "true" else resume)
     trainer.save_model(training_args.output_dir)  # also pushes with --push_to_hub
+    accelerator = trainer.accelerator
     if trainer.backdoor_metrics:
-        trainer.accelerator.print(f"Backdoor metrics: {trainer.backdoor_metrics}")
-    trainer.accelerator.print(f"Saved to {training_args.output_dir}")
+        accelerator.print(f"Backdoor metrics: {trainer.backdoor_metrics}")
+    accelerator.print(f"Saved to {training_args.output_dir}")
+    del trainer
+    end_distributed_run(accelerator)
     return 0
 
 
