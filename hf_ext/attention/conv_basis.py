@@ -549,7 +549,7 @@ def _local_window_part(q, k, v, augmented, window, scaling, softcap, key_mask, m
 
     Each block of rows sees the keys of the previous and of its own block (2·window columns); groups of
     blocks keep the logits under `max_elements` entries. Computed in the input precision (at least fp32).
-    On CPU without soft capping, PyTorch's fused flash kernel does the same blocks (about 9x faster).
+    On CPU without soft capping, PyTorch's fused flash kernel does the same blocks (about 3x faster at n = 8192).
     """
     if q.device.type == "cpu" and softcap is None and v.shape[-1] == q.shape[-1]:
         return _local_window_flash(q, k, v, window, scaling, key_mask, augmented.dtype)
