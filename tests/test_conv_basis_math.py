@@ -90,8 +90,13 @@ def test_recovery_finds_true_breakpoints_and_output_matches_dense_softmax(dtype,
     assert ((output.double() - reference).abs().max() / reference.abs().max()).item() <= tolerance
 
 
+@pytest.mark.parametrize("channels_per_chunk", [None, 2])
 @pytest.mark.parametrize("std", [2.0, 4.0, 8.0])
-def test_every_row_accurate_for_wide_logits_with_fp32_inputs(std):
+def test_every_row_accurate_for_wide_logits_with_fp32_inputs(std, channels_per_chunk, monkeypatch):
+    from hf_ext.attention import conv_basis
+
+    if channels_per_chunk:  # the FFT path convolves a few channels at a time; std 8 also needs several bands
+        monkeypatch.setattr(conv_basis, "_CHUNK_ELEMENTS", channels_per_chunk * 2 * 104)  # (B · H) · R · b = 2 · 104
     truth = [[0, 9, 30, 71], [0, 44, 45, 90]]
     query, key, value, logits = k_conv_problem(truth, n=100, std=std, seed=int(std))
     output = conv_basis_attention(query.float(), key.float(), value.float(), scaling=1.0, num_bases=4, probe_len=8)
@@ -194,7 +199,12 @@ def test_bad_arguments_raise_naming_the_argument():
         conv_basis_attention(query, key, value, key_mask=torch.ones(1, 9, dtype=torch.bool))
 
 
-def test_gradients_through_fft_segments_match_finite_differences():
+@pytest.mark.parametrize("channels_per_chunk", [None, 1])
+def test_gradients_through_fft_segments_match_finite_differences(channels_per_chunk, monkeypatch):
+    from hf_ext.attention import conv_basis
+
+    if channels_per_chunk:  # one channel per FFT chunk: the reused piece buffer must not break autograd
+        monkeypatch.setattr(conv_basis, "_CHUNK_ELEMENTS", channels_per_chunk * 40)  # (B · H) · R · b = 40
     generator = torch.Generator().manual_seed(1)
     query, key = (
         torch.randn(1, 1, 40, 4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2)

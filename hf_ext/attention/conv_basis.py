@@ -56,7 +56,14 @@ _FFT_DTYPE = torch.float64
 _BAND_WIDTH = 23.0
 
 # Heads are applied in groups of at most this many (batch · head · position) rows.
-_HEAD_POSITIONS = 2**16
+_HEAD_POSITIONS = 2**15
+
+# Channels are convolved in chunks of at most this many (batch · head · channel · position) values: the
+# spectra and their layout copies then stay in cache (measured best at n = 32768).
+_CHUNK_ELEMENTS = 2**17
+
+# Positions per tile when transposing V for the FFTs.
+_TRANSPOSE_TILE = 2048
 
 # Segments at most this many columns wide are summed directly: W·n·d work beats a block of FFTs.
 _DIRECT_MAX_WIDTH = 16
@@ -435,6 +442,8 @@ def _fft_segments(kernel, starts, ends, augmented):
 
     where a piece holds the columns of segment i_p inside block c_p (blocks cut by a breakpoint give one
     piece per segment). The FFT work is O(n log b) per channel whatever k is; the block sums cost O(n² / b).
+    Channels go a few at a time (`_CHUNK_ELEMENTS`), so each chunk's spectra and their layout copies stay in
+    cache and its buffers are reused.
     """
     batch, num_heads, channels, n = augmented.shape
     used = kernel.isfinite()
@@ -444,7 +453,7 @@ def _fft_segments(kernel, starts, ends, augmented):
     peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
     peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
     band = torch.where(used, ((peak - kernel.detach()) / _BAND_WIDTH).floor(), torch.zeros_like(kernel)).long()
-    num_bands = int(band.max()) + 1
+    bands = [m for m in range(int(band.max()) + 1) if bool((used & (band == m)).any())]
 
     block = _block_size(n)
     num_blocks = -(-n // block)
@@ -455,49 +464,76 @@ def _fft_segments(kernel, starts, ends, augmented):
     piece_segment, piece_block = holds.flatten(0, 1).any(0).nonzero(as_tuple=True)
     columns = piece_block[:, None] * block + torch.arange(block, device=device)  # (P, b)
     in_piece = (columns >= starts[..., piece_segment, None]) & (columns < ends[..., piece_segment, None])
-    cut = (~in_piece.flatten(0, 1).all(0).all(-1)).tolist()  # pieces a breakpoint cuts
-    pieces = augmented.new_empty(batch, num_heads, channels, piece_block.numel(), 2 * block)
-    for p, first in enumerate((piece_block * block).tolist()):
-        width = min(block, n - first)
-        values = augmented[..., first : first + width]
-        pieces[..., p, :width] = values * in_piece[:, :, None, p, :width] if cut[p] else values
-        pieces[..., p, width:] = 0.0
-    piece_fft = torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 3, 2)  # (B, H, F, P, C): one matrix per frequency
+    cut_pieces = (~in_piece.flatten(0, 1).all(0).all(-1)).nonzero()[:, 0].tolist()  # pieces a breakpoint cuts
     # Ŷ_r = Σ_p ĝ_{i_p, r - c_p} V̂_p: the transfer matrix (r, p) per frequency, a zero block where c_p > r.
     lag_block = torch.arange(num_blocks, device=device)[:, None] - piece_block  # (R, P)
     zero_block = kernel.shape[2] * num_blocks
     transfer_index = torch.where(lag_block >= 0, piece_segment * num_blocks + lag_block, zero_block).flatten()
 
-    def block_sums(kernel_values, signals):
+    def transfer_matrices(kernel_values):  # (B, H, F, R, P), contiguous for the per-frequency products
         kernel_fft = _block_fft(kernel_values, block, num_blocks).flatten(2, 3)  # (B, H, K·R, F)
         kernel_fft = torch.cat([kernel_fft, kernel_fft.new_zeros(batch, num_heads, 1, block + 1)], dim=2)
         transfer = kernel_fft.index_select(2, transfer_index).view(batch, num_heads, num_blocks, -1, block + 1)
-        out_fft = (transfer.permute(0, 1, 4, 2, 3) @ signals).permute(0, 1, 4, 3, 2)  # (B, H, C', R, F)
-        out = torch.fft.irfft(out_fft, n=2 * block, dim=-1)[..., block - 1 : 2 * block - 1]  # overlap-save
-        return out.reshape(batch, num_heads, -1, num_blocks * block)[..., :n]
+        return transfer.permute(0, 1, 4, 2, 3).contiguous()
 
-    if num_bands == 1:  # the usual case in fp64: no rescaling, rows the kernels do not reach hold no mass
+    # A few channels at a time keep each chunk's spectra and their layout copies in cache.
+    chunk = max(1, _CHUNK_ELEMENTS // (batch * num_heads * num_blocks * block))
+    padded = augmented if num_blocks * block == n else torch.nn.functional.pad(augmented, (0, num_blocks * block - n))
+    signal_blocks = padded.unflatten(-1, (num_blocks, block))
+    # Zero-padded pieces (only their first half is ever written), reused for every chunk unless autograd
+    # records the writes.
+    piece_shape = (batch, num_heads, min(chunk, channels), piece_block.numel(), 2 * block)
+    piece_buffer = None if torch.is_grad_enabled() and augmented.requires_grad else augmented.new_zeros(piece_shape)
+
+    def piece_spectra(signals):  # (B, H, C', R, b) -> (B, H, F, P, C'), one matrix per frequency
+        pieces = (augmented.new_zeros(piece_shape) if piece_buffer is None else piece_buffer)[:, :, : signals.shape[2]]
+        pieces[..., :block].copy_(signals.index_select(3, piece_block))
+        for p in cut_pieces:  # keep the columns of the piece's segment
+            pieces[..., p, :block].mul_(in_piece[:, :, None, p])
+        return torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 3, 2).contiguous()
+
+    def block_sums(transfer, spectra):  # -> (B, H, C', R, b): output block r at [:, :, :, r]
+        out = torch.fft.irfft(transfer @ spectra, n=2 * block, dim=2)[:, :, block - 1 : 2 * block - 1]  # overlap-save
+        return out.permute(0, 1, 4, 3, 2)
+
+    if len(bands) == 1:  # the usual case in fp64: rows the kernels do not reach hold no mass
         reached = _reached_rows(used, starts, ends, augmented[:, :, -1] > 0)
         log_scale = peak[..., 0].expand(batch, num_heads, n).masked_fill(~reached, float("-inf"))
-        return block_sums(torch.exp(kernel - peak), piece_fft), log_scale
-    # Back to rows; band m is kept only where the row touches one of its entries through an attended
-    # key (the last channel is the key mask, so this 0/1 count is exact), and rescaled to the row's top band.
-    bands = []
-    top_band = torch.full((batch, num_heads, n), num_bands, dtype=torch.long, device=device)
-    for m in range(num_bands):
-        in_band = used & (band == m)
-        if not bool(in_band.any()):
-            continue
-        scaled = torch.exp(kernel - peak + m * _BAND_WIDTH).masked_fill(~in_band, 0.0)
-        touched = block_sums(in_band.to(_FFT_DTYPE), piece_fft[..., -1:])[:, :, 0] > 0.5
-        bands.append((m, block_sums(scaled, piece_fft), touched))
-        top_band = torch.where(touched & (top_band == num_bands), m, top_band)
-    sums = None
-    for m, out, touched in bands:
-        weight = (torch.exp(-(m - top_band).clamp(min=0).to(_FFT_DTYPE) * _BAND_WIDTH) * touched)[:, :, None, :]
-        sums = weight * out if sums is None else sums.addcmul_(weight, out)
-    log_scale = peak[..., 0] - top_band.to(_FFT_DTYPE) * _BAND_WIDTH
-    return sums, log_scale.masked_fill(top_band == num_bands, float("-inf"))
+        band_weights = [None]
+    else:
+        # Band m is kept only where the row touches one of its entries through an attended key (the last
+        # channel is the key mask, so this 0/1 count is exact), and rescaled to the row's top band.
+        mask_spectra = piece_spectra(signal_blocks[:, :, -1:])
+        top_band = torch.full((batch, num_heads, n), bands[-1] + 1, dtype=torch.long, device=device)
+        touched = {}
+        for m in reversed(bands):
+            indicator = transfer_matrices((used & (band == m)).to(_FFT_DTYPE))
+            touched[m] = block_sums(indicator, mask_spectra)[:, :, 0].flatten(-2)[..., :n] > 0.5
+            top_band = torch.where(touched[m], m, top_band)
+        band_weights = [
+            torch.nn.functional.pad(
+                torch.exp(-(m - top_band).clamp(min=0).to(_FFT_DTYPE) * _BAND_WIDTH) * touched[m],
+                (0, num_blocks * block - n),
+            ).view(batch, num_heads, 1, num_blocks, block)
+            for m in bands
+        ]
+        log_scale = peak[..., 0] - top_band.to(_FFT_DTYPE) * _BAND_WIDTH
+        log_scale = log_scale.masked_fill(top_band > bands[-1], float("-inf"))
+    transfers = [
+        transfer_matrices(torch.exp(kernel - peak + m * _BAND_WIDTH).masked_fill(~(used & (band == m)), 0.0))
+        for m in bands
+    ]
+    sums = augmented.new_empty(batch, num_heads, channels, num_blocks, block)
+    for first in range(0, channels, chunk):
+        spectra = piece_spectra(signal_blocks[:, :, first : first + chunk])
+        target = sums[:, :, first : first + chunk]
+        for m, (transfer, weight) in enumerate(zip(transfers, band_weights)):
+            out = block_sums(transfer, spectra)
+            if m == 0:
+                target.copy_(out if weight is None else out * weight)
+            else:
+                target.addcmul_(out, weight)
+    return sums.flatten(-2)[..., :n], log_scale
 
 
 def _reached_rows(used, starts, ends, attended):
@@ -669,12 +705,14 @@ def _basis_rows(query, key, value, breakpoints, rows, scaling, softcap, sliding_
 
 
 def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask):
-    """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in the dtype of `query`."""
+    """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in the FFT precision, a view
+    that the caller copies into its output (one transposing copy)."""
     n = query.shape[2]
     # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
-    # u = key mask.
+    # u = key mask. V is transposed in tiles of positions: about 3x faster than at once, as a tile stays in cache.
     augmented = value.new_empty(*value.shape[:2], value.shape[-1] + 1, n, dtype=_FFT_DTYPE)  # (B, H, Dv + 1, n)
-    augmented[:, :, :-1] = value.transpose(-1, -2)
+    for first in range(0, n, _TRANSPOSE_TILE):
+        augmented[:, :, :-1, first : first + _TRANSPOSE_TILE] = value[:, :, first : first + _TRANSPOSE_TILE].transpose(-1, -2)
     augmented[:, :, -1] = 1.0
     if key_mask is not None:
         augmented = augmented * key_mask[:, None, None, :]
@@ -694,7 +732,7 @@ def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_windo
     numerator, denominator = sums[:, :, :-1], sums[:, :, -1]
     has_mass = reached & (denominator > 0)
     inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
-    return (numerator * inverse[:, :, None]).transpose(-1, -2).to(query.dtype)
+    return (numerator * inverse[:, :, None]).transpose(-1, -2)
 
 
 def _check_attention_inputs(query, key, value):
@@ -822,5 +860,5 @@ def conv_basis_attention(
                     pair_q, pair_k, pair_v, scaling=scaling, softcap=softcap, sliding_window=sliding_window,
                     key_mask=pair_mask,
                 )  # fmt: skip
-            output[b_idx, h + h_idx] = out[:, 0]
+            output[b_idx, h + h_idx] = out[:, 0].to(output.dtype)
     return output
