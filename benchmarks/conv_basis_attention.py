@@ -52,7 +52,13 @@ from transformers import (
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import hf_ext  # noqa: F401  (registers the "conv_basis" attention implementation)
-from hf_ext.attention.conv_basis import _block_size, conv_basis_attention, recover_conv_basis
+from hf_ext.attention.conv_basis import (
+    _CHUNK_ELEMENTS,
+    _HEAD_POSITIONS,
+    _block_size,
+    conv_basis_attention,
+    recover_conv_basis,
+)
 from hf_ext.testing import train_tiny_tokenizer
 
 
@@ -285,24 +291,40 @@ def segment_fft_convolution(value, kernels, breakpoints):
 
 
 def fft_floor_inputs(n, num_heads, channels, breakpoints):
-    """Zero tensors shaped as the block scheme's transforms (`_fft_segments`) for this basis: value pieces
-    `(H, C, P, 2b)`, kernel windows `(H, k, R, 2b)`, output spectra `(H, C, R, b + 1)`."""
+    """Zero tensors shaped as the block scheme's transforms (`_fft_segments`) for this basis, as it runs them:
+    heads in groups, channels in chunks. Per group of g heads: the kernel windows `(g, k, R, 2b)` and, per chunk of
+    c channels, the value pieces `(g, c, P, 2b)` and the output spectra `(g, F, R, c)` (frequencies first, as the
+    block sums leave them). Chunks of one shape share their tensors."""
     block = _block_size(n)
     num_blocks = -(-n // block)
     cut_blocks = {int(j) // block for j in breakpoints[1:] if int(j) % block}  # blocks a breakpoint splits in two
     num_pieces = num_blocks + len(cut_blocks)
-    return (
-        torch.zeros(num_heads, channels, num_pieces, 2 * block, dtype=torch.float64),
-        torch.zeros(num_heads, breakpoints.numel(), num_blocks, 2 * block, dtype=torch.float64),
-        torch.zeros(num_heads, channels, num_blocks, block + 1, dtype=torch.complex128),
-    )
+    heads_per_group = max(1, _HEAD_POSITIONS // n)
+    groups, shared = [], {}
+    for first_head in range(0, num_heads, heads_per_group):
+        heads = min(heads_per_group, num_heads - first_head)
+        chunk = max(1, _CHUNK_ELEMENTS // (heads * num_blocks * block))
+        chunks = []
+        for first in range(0, channels, chunk):
+            width = min(chunk, channels - first)
+            if (heads, width) not in shared:
+                shared[heads, width] = (
+                    torch.zeros(heads, width, num_pieces, 2 * block, dtype=torch.float64),
+                    torch.zeros(heads, block + 1, num_blocks, width, dtype=torch.complex128),
+                )
+            chunks.append(shared[heads, width])
+        kernel_windows = torch.zeros(heads, breakpoints.numel(), num_blocks, 2 * block, dtype=torch.float64)
+        groups.append((kernel_windows, chunks))
+    return groups
 
 
-def fft_floor(pieces, kernel_windows, spectra):
+def fft_floor(groups):
     """The implementation's floor: its forward and inverse FFTs alone (no block sums, copies or recovery)."""
-    torch.fft.rfft(pieces, dim=-1)
-    torch.fft.rfft(kernel_windows, dim=-1)
-    return torch.fft.irfft(spectra, n=2 * (spectra.shape[-1] - 1), dim=-1)
+    for kernel_windows, chunks in groups:
+        torch.fft.rfft(kernel_windows, dim=-1)
+        for pieces, spectra in chunks:
+            torch.fft.rfft(pieces, dim=-1)
+            torch.fft.irfft(spectra, n=2 * (spectra.shape[1] - 1), dim=1)
 
 
 def _segment_kernels(query, key, breakpoints, scaling):
@@ -388,7 +410,7 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                         continue
                     case["conv_times"].append(seconds)
                     if "kernels" in case:
-                        _, seconds, _ = _measure(lambda: fft_floor(*case["floor_inputs"]), False)
+                        _, seconds, _ = _measure(lambda: fft_floor(case["floor_inputs"]), False)
                         case["floor_times"].append(seconds)
                         _, seconds, _ = _measure(
                             lambda: segment_fft_convolution(value, case["kernels"], breakpoints), False
@@ -805,7 +827,7 @@ def write_markdown(report: dict, path: Path) -> None:
             "`max_rel_error`: largest relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows "
             "(first/last rows, rows at breakpoints, random rows); `sdpa_max_rel_error` is SDPA's against the same "
             "reference. `fft_floor_seconds`: the implementation's own floor, its forward and inverse FFTs alone at the "
-            "sizes it uses (value pieces, kernel windows, output blocks; no block sums, copies, recovery or "
+            "sizes and in the chunks it uses (value pieces, kernel windows, output blocks; no block sums, copies, recovery or "
             "normalisation). `segment_fft_seconds`: for reference, the same basis applied the direct way, one FFT "
             "convolution per segment over the rows it reaches (fp64). "
             "`peak_mem_mb`: growth of the process's resident set during one call. SDPA is timed once per repetition per n "
