@@ -251,3 +251,21 @@ def test_heads_applied_in_groups_give_the_output_of_all_heads_at_once(policy, mo
     at_once = conv_basis_attention(query, key, value, **settings)
     monkeypatch.setattr(conv_basis, "_HEAD_POSITIONS", 2 * 64)  # one head per group (batch 2)
     torch.testing.assert_close(conv_basis_attention(query, key, value, **settings), at_once, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("n, window", [(50, 64), (130, 16), (129, 32)])
+def test_local_window_alone_is_exact_sliding_window_attention(n, window, padded):
+    # num_bases=1 with every farther key masked: only the exact local window (blocks of `window` rows, the first
+    # block plain causal attention when nothing is padded) contributes.
+    query, key, value = random_qkv(2, 3, 3, n, 8, dtype=torch.float32)
+    key_mask = None
+    if padded:
+        key_mask = torch.ones(2, n, dtype=torch.bool)
+        key_mask[1, :7] = False
+    output = conv_basis_attention(
+        query, key, value, num_bases=1, local_window=window, sliding_window=window, key_mask=key_mask
+    )
+    logits = 8**-0.5 * query.double() @ key.double().transpose(-1, -2)
+    reference = dense_attention(logits, value.double(), key_mask=key_mask, sliding_window=window)
+    torch.testing.assert_close(output.double(), reference, rtol=1e-5, atol=1e-5)

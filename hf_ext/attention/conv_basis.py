@@ -637,23 +637,32 @@ def _local_window_flash(q, k, v, window, scaling, key_mask, sums_dtype):
     dtype = torch.promote_types(q.dtype, torch.float32)
     blocks = -(-n // window)
     pad = blocks * window - n
+    attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
-    def blocks_of(tensor, size):  # (B, H, n, D) -> (B · blocks, H, size, D): rows [bw + w - size, bw + w), views
+    def blocks_of(tensor, size):  # (B, H, n, D) -> (blocks · B, H, size, D), block-major: rows [bw + w - size, bw + w)
         padded = torch.nn.functional.pad(tensor.to(dtype), (0, 0, window, pad))  # one empty block in front
         windows = padded.unfold(2, size, window)[:, :, -blocks:].transpose(-1, -2)  # (B, H, blocks, size, D)
-        return windows.transpose(1, 2).flatten(0, 1)
+        return windows.permute(2, 0, 1, 3, 4).flatten(0, 1)
 
-    keys_kept = torch.ones(batch, n, dtype=torch.bool, device=q.device) if key_mask is None else key_mask.bool()
-    kept = torch.nn.functional.pad(keys_kept, (window, pad)).unfold(1, 2 * window, window)  # (B, blocks, 2w)
+    queries, keys, values = blocks_of(q, window), blocks_of(k, 2 * window), blocks_of(v, 2 * window)
     offsets = torch.arange(window, device=q.device)
     lag = offsets[:, None] + window - torch.arange(2 * window, device=q.device)  # row - column
-    visible = (lag >= 0) & (lag < window) & kept.flatten(0, 1)[:, None, None, :]  # (B · blocks, 1, w, 2w)
-    bias = torch.zeros(visible.shape, dtype=dtype, device=q.device).masked_fill_(~visible, float("-inf"))
-    output, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        blocks_of(q, window), blocks_of(k, 2 * window), blocks_of(v, 2 * window), attn_mask=bias, scale=scaling
-    )  # (B · blocks, H, w, D), (B · blocks, H, w)
-    lse = lse.view(batch, blocks, num_heads, window).transpose(1, 2).reshape(batch, num_heads, -1)[..., :n]
-    output = output.view(batch, blocks, num_heads, window, dim).permute(0, 2, 4, 1, 3).reshape(batch, num_heads, dim, -1)
+    band = (lag >= 0) & (lag < window)  # (w, 2w): the previous and the own block
+    if key_mask is None:
+        # Every block but the first sees the same band, a broadcast mask never materialised; the first block's rows
+        # see only their own block: plain causal attention.
+        parts = [attention(queries[:batch], keys[:batch, :, window:], values[:batch, :, window:], is_causal=True, scale=scaling)]
+        if blocks > 1:
+            bias = torch.zeros(1, 1, window, 2 * window, dtype=dtype, device=q.device).masked_fill_(~band, float("-inf"))
+            parts.append(attention(queries[batch:], keys[batch:], values[batch:], attn_mask=bias, scale=scaling))
+        output, lse = (torch.cat(outputs) for outputs in zip(*parts))
+    else:
+        kept = torch.nn.functional.pad(key_mask.bool(), (window, pad)).unfold(1, 2 * window, window)  # (B, blocks, 2w)
+        visible = band & kept.transpose(0, 1).flatten(0, 1)[:, None, None, :]  # (blocks · B, 1, w, 2w)
+        bias = torch.zeros(visible.shape, dtype=dtype, device=q.device).masked_fill_(~visible, float("-inf"))
+        output, lse = attention(queries, keys, values, attn_mask=bias, scale=scaling)  # (blocks · B, H, w, D), (…, w)
+    lse = lse.view(blocks, batch, num_heads, window).permute(1, 2, 0, 3).reshape(batch, num_heads, -1)[..., :n]
+    output = output.view(blocks, batch, num_heads, window, dim).permute(1, 2, 4, 0, 3).reshape(batch, num_heads, dim, -1)
     sums = output.new_empty(batch, num_heads, dim + 1, n, dtype=sums_dtype)
     sums[:, :, :dim] = output[..., :n]
     sums[:, :, dim] = 1.0
