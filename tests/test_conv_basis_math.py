@@ -269,3 +269,18 @@ def test_local_window_alone_is_exact_sliding_window_attention(n, window, padded)
     logits = 8**-0.5 * query.double() @ key.double().transpose(-1, -2)
     reference = dense_attention(logits, value.double(), key_mask=key_mask, sliding_window=window)
     torch.testing.assert_close(output.double(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_before_the_fft_segments_keep_their_own_small_mass():
+    # A narrow first segment (summed directly) 60 nats below the wide ones (FFT): rows 0..8 see only the narrow
+    # columns, so the FFT part must count them as unreached rather than add its rounding noise (~1e-16 · e^60).
+    n, breakpoints = 80, [0, 9, 40]
+    generator = torch.Generator().manual_seed(3)
+    profiles = torch.randn(3, n, generator=generator, dtype=torch.float64)
+    profiles[0] -= 60.0
+    logits = conv_basis_recompose(torch.tensor(breakpoints), profiles, n)[None, None]
+    query = torch.eye(n, dtype=torch.float64)[None, None]
+    key = logits.transpose(-1, -2).contiguous()
+    value = torch.randn(1, 1, n, 4, generator=generator, dtype=torch.float64)
+    output = conv_basis_attention(query, key, value, scaling=1.0, breakpoints=torch.tensor([[breakpoints]]))
+    assert row_relative_error(output, dense_attention(logits, value)) <= 1e-6

@@ -542,9 +542,10 @@ def _reached_rows(used, starts, ends, attended):
     Each segment's used lags form one range `[lo, hi)`, so row r reaches the segment's columns
     `(r - hi, r - lo]`; prefix sums of the attended keys count them.
     """
-    if bool(attended.all()) and bool((used[..., 0] | (starts >= ends)).all()):
-        return torch.ones_like(attended)  # every row reaches its own key through lag 0
     n = used.shape[-1]
+    covered = (ends - starts).clamp(min=0).sum(-1) == n  # these segments hold every column (no narrow ones apart)
+    if bool(attended.all()) and bool(covered.all()) and bool((used[..., 0] | (starts >= ends)).all()):
+        return torch.ones_like(attended)  # every row reaches its own key through lag 0
     has_lag = used.any(-1)  # (B, H, K)
     lo = used.long().argmax(-1)
     hi = n - used.flip(-1).long().argmax(-1)
