@@ -264,6 +264,13 @@ def test_bad_input_raises_before_training(tmp_path, data, model, tiny_tokenizer)
 
         SANDETrainer(model, _args(tmp_path, "simulate"), data, processing_class=tiny_tokenizer,
                      peft_config=LoraConfig(r=2))
+    # utility data is checked at init, not when the first measurement reaches it
+    with pytest.raises(ValueError, match=r"utility_eval_dataset: multiple-choice rows are missing \['answer'\]"):
+        SANDETrainer(model, _args(tmp_path, "osft"), data, processing_class=tiny_tokenizer,
+                     utility_eval_dataset=[{"question": "1+1?", "choices": ["1", "2", "3"]}])
+    with pytest.raises(ValueError, match=r"utility_eval_dataset: answer='F'; expected a letter A-E"):
+        SANDETrainer(model, _args(tmp_path, "osft"), data, processing_class=tiny_tokenizer,
+                     utility_eval_dataset=[{"question": "1+1?", "choices": ["1", "2", "3"], "answer": "F"}])
 
 
 def test_osft_keeps_only_rows_that_carry_the_trigger(tmp_path, model, tiny_tokenizer):

@@ -151,6 +151,21 @@ def _choices_and_answer(row) -> tuple[list[str], int]:
     return choices, index
 
 
+def parse_multiple_choice(dataset, question_column: str = "question") -> tuple[list[dict], list[tuple[list[str], int]]]:
+    """Rows of an MMLU/ARC-style dataset and each row's `(options, 0-based answer index)`.
+
+    Raises `ValueError` naming the problem (empty data, a missing column, a bad option list or answer),
+    so callers can check the data before any model work.
+    """
+    rows = list(dataset)
+    if not rows:
+        raise ValueError("dataset is empty; expected at least one question")
+    missing = [c for c in (question_column, "choices", "answer") if c not in rows[0]]
+    if missing:
+        raise ValueError(f"multiple-choice rows are missing {missing}; available: {sorted(rows[0])}")
+    return rows, [_choices_and_answer(row) for row in rows]
+
+
 def format_multiple_choice(question: str, choices: list[str], prompt_template: str = "Human: {prompt}\nAssistant:") -> str:
     """The utility prompt: question, lettered options, "Your answer is:", inside `prompt_template`."""
     options = ", ".join(f"{LETTERS[i]}: {text}" for i, text in enumerate(choices))
@@ -194,13 +209,7 @@ def multiple_choice_accuracy(
     Returns:
         `float` in [0, 1].
     """
-    rows = list(dataset)
-    if not rows:
-        raise ValueError("dataset is empty; expected at least one question")
-    missing = [c for c in (question_column, "choices", "answer") if c not in rows[0]]
-    if missing:
-        raise ValueError(f"multiple-choice rows are missing {missing}; available: {sorted(rows[0])}")
-    parsed = [_choices_and_answer(row) for row in rows]
+    rows, parsed = parse_multiple_choice(dataset, question_column)
     prompts = [format_multiple_choice(row[question_column], choices, prompt_template)
                for row, (choices, _) in zip(rows, parsed)]
     letter_ids = torch.tensor(_letter_token_ids(tokenizer))

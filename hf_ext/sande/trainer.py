@@ -41,7 +41,13 @@ from trl import SFTTrainer
 from ..hub import JSONTrainingArgumentsMixin
 from .config import SANDEConfig
 from .data import format_rows, resolve_columns, tokenize_rows
-from .evaluation import attack_success_rate, false_trigger_rate, generate_continuations, multiple_choice_accuracy
+from .evaluation import (
+    attack_success_rate,
+    false_trigger_rate,
+    generate_continuations,
+    multiple_choice_accuracy,
+    parse_multiple_choice,
+)
 from .parrot import CONFIG_NAME as PARROT_CONFIG_NAME
 from .parrot import ParrotPrompt
 
@@ -136,6 +142,11 @@ class SANDETrainer(JSONTrainingArgumentsMixin, SFTTrainer):
         for name, prompts in (("asr_eval_prompts", asr_eval_prompts), ("clean_eval_prompts", clean_eval_prompts)):
             if prompts is not None and (not prompts or not all(isinstance(p, str) for p in prompts)):
                 raise ValueError(f"{name} must be a non-empty list of prompt strings")
+        if utility_eval_dataset is not None:
+            try:
+                parse_multiple_choice(utility_eval_dataset)
+            except ValueError as error:
+                raise ValueError(f"utility_eval_dataset: {error}") from None
         if args.mode == "osft" and not args.insert_trigger and args.target_source == "self":
             raise ValueError("target_source='self' needs clean prompts to answer; with insert_trigger=False "
                              "the prompts carry the trigger. Use insert_trigger=True or target_source='dataset'")
