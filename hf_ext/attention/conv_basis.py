@@ -23,6 +23,9 @@ computed with block FFTs summed in the frequency domain (`_fft_segments`; segmen
 columns wide, common with the paper's recovery, are summed directly in O(width · n · d)). No
 n × n tensor is formed on the convolution path. The FFTs run in float64: float32 FFTs needed
 three bands (below) at logit std 2 and lost the first rows, so they were slower and less accurate.
+One float32 band with a per-row error estimate (rows over 1e-4 redone in float64) was also measured:
+the float32 pass is 1.6x faster, but on RoPE-like k-conv logits one or two heads in eight had too
+many unsure rows and ran twice, so the whole call gained 4% at n = 32768 and nothing at 65536.
 
 Numerics. An FFT convolution's error is relative to its largest term, so a row whose mass
 is far below the largest kernel value loses all precision. Each kernel is therefore split
