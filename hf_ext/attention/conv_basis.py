@@ -468,6 +468,7 @@ def _fft_segments(kernel, starts, ends, augmented):
     columns = piece_block[:, None] * block + torch.arange(block, device=device)  # (P, b)
     in_piece = (columns >= starts[..., piece_segment, None]) & (columns < ends[..., piece_segment, None])
     cut_pieces = (~in_piece.flatten(0, 1).all(0).all(-1)).nonzero()[:, 0].tolist()  # pieces a breakpoint cuts
+    cut_masks = in_piece[:, :, None, cut_pieces].to(augmented.dtype)  # (B, H, 1, cut pieces, b)
     # Ŷ_r = Σ_p ĝ_{i_p, r - c_p} V̂_p: the transfer matrix (r, p) per frequency, a zero block where c_p > r.
     lag_block = torch.arange(num_blocks, device=device)[:, None] - piece_block  # (R, P)
     zero_block = kernel.shape[2] * num_blocks
@@ -491,8 +492,8 @@ def _fft_segments(kernel, starts, ends, augmented):
     def piece_spectra(signals):  # (B, H, C', R, b) -> (B, H, F, P, C'), one matrix per frequency
         pieces = (augmented.new_zeros(piece_shape) if piece_buffer is None else piece_buffer)[:, :, : signals.shape[2]]
         pieces[..., :block].copy_(signals.index_select(3, piece_block))
-        for p in cut_pieces:  # keep the columns of the piece's segment
-            pieces[..., p, :block].mul_(in_piece[:, :, None, p])
+        for i, p in enumerate(cut_pieces):  # keep the columns of the piece's segment
+            pieces[..., p, :block].mul_(cut_masks[..., i, :])
         return torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 3, 2).contiguous()
 
     def block_sums(transfer, spectra):  # -> (B, H, C', R, b): output block r at [:, :, :, r]
