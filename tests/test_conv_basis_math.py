@@ -253,11 +253,18 @@ def test_heads_applied_in_groups_give_the_output_of_all_heads_at_once(policy, mo
     torch.testing.assert_close(conv_basis_attention(query, key, value, **settings), at_once, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("n, window", [(50, 64), (130, 16), (129, 32)])
-def test_local_window_alone_is_exact_sliding_window_attention(n, window, padded):
+def test_local_window_alone_is_exact_sliding_window_attention(n, window, padded, fused, monkeypatch):
     # num_bases=1 with every farther key masked: only the exact local window (blocks of `window` rows, the first
-    # block plain causal attention when nothing is padded) contributes.
+    # block plain causal attention when nothing is padded) contributes; through the fused CPU kernel or, where
+    # PyTorch lacks that private op, plain matrix products.
+    from hf_ext.attention import conv_basis
+
+    assert conv_basis._CPU_FLASH_ATTENTION is not None  # the installed PyTorch has it: the fused path is tested
+    if not fused:
+        monkeypatch.setattr(conv_basis, "_CPU_FLASH_ATTENTION", None)
     query, key, value = random_qkv(2, 3, 3, n, 8, dtype=torch.float32)
     key_mask = None
     if padded:

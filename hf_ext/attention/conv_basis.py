@@ -71,6 +71,10 @@ _TRANSPOSE_TILE = 2048
 # Segments at most this many columns wide are summed directly: W·n·d work beats a block of FFTs.
 _DIRECT_MAX_WIDTH = 16
 
+# PyTorch's fused CPU flash kernel, which also returns each row's log-sum-exp. It is a private op: without it the
+# local window runs through plain matrix products.
+_CPU_FLASH_ATTENTION = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+
 
 # ----------------------------------------------------------------------------------------------
 # The existence result: exact decomposition of a lower-triangular matrix into its conv basis
@@ -594,7 +598,7 @@ def _local_window_part(q, k, v, augmented, window, scaling, softcap, key_mask, m
     blocks keep the logits under `max_elements` entries. Computed in the input precision (at least fp32).
     On CPU without soft capping, PyTorch's fused flash kernel does the same blocks (about 3x faster at n = 8192).
     """
-    if q.device.type == "cpu" and softcap is None and v.shape[-1] == q.shape[-1]:
+    if _CPU_FLASH_ATTENTION is not None and q.device.type == "cpu" and softcap is None and v.shape[-1] == q.shape[-1]:
         return _local_window_flash(q, k, v, window, scaling, key_mask, augmented.dtype)
     batch, num_heads, n, dim = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)
@@ -638,13 +642,13 @@ def _local_window_part(q, k, v, augmented, window, scaling, softcap, key_mask, m
 
 
 def _local_window_flash(q, k, v, window, scaling, key_mask, sums_dtype):
-    """`_local_window_part` through `torch.ops.aten._scaled_dot_product_flash_attention_for_cpu`, which also
+    """`_local_window_part` through `_CPU_FLASH_ATTENTION` (`aten._scaled_dot_product_flash_attention_for_cpu`), which also
     returns each row's log-sum-exp: the window's sums are `[output; 1] · e^{lse}`."""
     batch, num_heads, n, dim = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)
     blocks = -(-n // window)
     pad = blocks * window - n
-    attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    attention = _CPU_FLASH_ATTENTION
 
     def blocks_of(tensor, size):  # (B, H, n, D) -> (blocks · B, H, size, D), block-major: rows [bw + w - size, bw + w)
         padded = torch.nn.functional.pad(tensor.to(dtype), (0, 0, window, pad))  # one empty block in front
