@@ -642,8 +642,8 @@ def _local_window_part(q, k, v, augmented, window, scaling, softcap, key_mask, m
 
 
 def _local_window_flash(q, k, v, window, scaling, key_mask, sums_dtype):
-    """`_local_window_part` through `_CPU_FLASH_ATTENTION` (`aten._scaled_dot_product_flash_attention_for_cpu`), which also
-    returns each row's log-sum-exp: the window's sums are `[output; 1] · e^{lse}`."""
+    """`_local_window_part` through `_CPU_FLASH_ATTENTION`, which also returns each row's log-sum-exp: the
+    window's sums are `[output; 1] · e^{lse}`."""
     batch, num_heads, n, dim = q.shape
     dtype = torch.promote_types(q.dtype, torch.float32)
     blocks = -(-n // window)
