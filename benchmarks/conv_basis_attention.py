@@ -53,7 +53,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import hf_ext  # noqa: F401  (registers the "conv_basis" attention implementation)
 from hf_ext.attention.conv_basis import (
-    _CHUNK_ELEMENTS,
+    _CHUNK_BYTES,
     _HEAD_POSITIONS,
     _block_size,
     conv_basis_attention,
@@ -291,8 +291,8 @@ def segment_fft_convolution(value, kernels, breakpoints):
 
 
 def fft_floor_inputs(n, num_heads, channels, breakpoints):
-    """Zero tensors shaped as the block scheme's transforms (`_fft_segments`) for this basis, as it runs them:
-    heads in groups, channels in chunks. Per group of g heads: the kernel windows `(g, k, R, 2b)` and, per chunk of
+    """Zero tensors shaped as the block scheme's transforms (`_fft_segments`) for this basis, as inference runs them:
+    in float32, heads in groups, channels in chunks. Per group of g heads: the kernel windows `(g, k, R, 2b)` and, per chunk of
     c channels, the value pieces `(g, c, P, 2b)` and the output spectra `(g, F, R, c)` (frequencies first, as the
     block sums leave them). Chunks of one shape share their tensors."""
     block = _block_size(n)
@@ -303,17 +303,17 @@ def fft_floor_inputs(n, num_heads, channels, breakpoints):
     groups, shared = [], {}
     for first_head in range(0, num_heads, heads_per_group):
         heads = min(heads_per_group, num_heads - first_head)
-        chunk = max(1, _CHUNK_ELEMENTS // (heads * num_blocks * block))
+        chunk = max(1, _CHUNK_BYTES // (4 * heads * num_blocks * block))  # 4 bytes per float32
         chunks = []
         for first in range(0, channels, chunk):
             width = min(chunk, channels - first)
             if (heads, width) not in shared:
                 shared[heads, width] = (
-                    torch.zeros(heads, width, num_pieces, 2 * block, dtype=torch.float64),
-                    torch.zeros(heads, block + 1, num_blocks, width, dtype=torch.complex128),
+                    torch.zeros(heads, width, num_pieces, 2 * block),
+                    torch.zeros(heads, block + 1, num_blocks, width, dtype=torch.complex64),
                 )
             chunks.append(shared[heads, width])
-        kernel_windows = torch.zeros(heads, breakpoints.numel(), num_blocks, 2 * block, dtype=torch.float64)
+        kernel_windows = torch.zeros(heads, breakpoints.numel(), num_blocks, 2 * block)
         groups.append((kernel_windows, chunks))
     return groups
 
@@ -826,9 +826,9 @@ def write_markdown(report: dict, path: Path) -> None:
             "`gaussian` = standard normal query/key/value (no conv structure: the error shows what k bases lose there). "
             "`max_rel_error`: largest relative row error (2-norm) against an fp64 exact softmax on ~256 sampled rows "
             "(first/last rows, rows at breakpoints, random rows); `sdpa_max_rel_error` is SDPA's against the same "
-            "reference. `fft_floor_seconds`: the implementation's own floor, its forward and inverse FFTs alone at the "
-            "sizes and in the chunks it uses (value pieces, kernel windows, output blocks; no block sums, copies, recovery or "
-            "normalisation). `segment_fft_seconds`: for reference, the same basis applied the direct way, one FFT "
+            "reference. `fft_floor_seconds`: the implementation's own floor, its forward and inverse float32 FFTs alone at "
+            "the sizes and in the chunks inference uses (value pieces, kernel windows, output blocks; no block sums, copies, "
+            "recovery, error estimate or normalisation). `segment_fft_seconds`: for reference, the same basis applied the direct way, one FFT "
             "convolution per segment over the rows it reaches (fp64). "
             "`peak_mem_mb`: growth of the process's resident set during one call. SDPA is timed once per repetition per n "
             f"(its cost does not depend on the values); from n={meta['arguments']['long_from']} both sides use "

@@ -96,7 +96,7 @@ def test_every_row_accurate_for_wide_logits_with_fp32_inputs(std, channels_per_c
     from hf_ext.attention import conv_basis
 
     if channels_per_chunk:  # the FFT path convolves a few channels at a time; std 8 also needs several bands
-        monkeypatch.setattr(conv_basis, "_CHUNK_ELEMENTS", channels_per_chunk * 2 * 104)  # (B · H) · R · b = 2 · 104
+        monkeypatch.setattr(conv_basis, "_CHUNK_BYTES", channels_per_chunk * 2 * 104 * 4)  # (B · H) · R · b = 2 · 104, fp32
     truth = [[0, 9, 30, 71], [0, 44, 45, 90]]
     query, key, value, logits = k_conv_problem(truth, n=100, std=std, seed=int(std))
     output = conv_basis_attention(query.float(), key.float(), value.float(), scaling=1.0, num_bases=4, probe_len=8)
@@ -204,7 +204,7 @@ def test_gradients_through_fft_segments_match_finite_differences(channels_per_ch
     from hf_ext.attention import conv_basis
 
     if channels_per_chunk:  # one channel per FFT chunk: the reused piece buffer must not break autograd
-        monkeypatch.setattr(conv_basis, "_CHUNK_ELEMENTS", channels_per_chunk * 40)  # (B · H) · R · b = 40
+        monkeypatch.setattr(conv_basis, "_CHUNK_BYTES", channels_per_chunk * 40 * 8)  # (B · H) · R · b = 40, fp64
     generator = torch.Generator().manual_seed(1)
     query, key = (
         torch.randn(1, 1, 40, 4, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2)
@@ -291,3 +291,73 @@ def test_rows_before_the_fft_segments_keep_their_own_small_mass():
     value = torch.randn(1, 1, n, 4, generator=generator, dtype=torch.float64)
     output = conv_basis_attention(query, key, value, scaling=1.0, breakpoints=torch.tensor([[breakpoints]]))
     assert row_relative_error(output, dense_attention(logits, value)) <= 1e-6
+
+
+def _spy_fft_precisions(monkeypatch):
+    """Record `(FFT dtype, sequence length)` of every `_basis_sums` call."""
+    from hf_ext.attention import conv_basis
+
+    calls, original = [], conv_basis._basis_sums
+    monkeypatch.setattr(conv_basis, "_basis_sums", lambda *args: calls.append((args[-1], args[0].shape[2])) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("std", [1.0, 4.0, 6.0])
+def test_float32_error_estimate_covers_every_row(std):
+    # Every row the float32 estimate accepts is within the tolerance of the exact softmax; from std 4 some rows
+    # (the first ones) are beyond it, and the estimate must reject them.
+    from hf_ext.attention import conv_basis
+
+    truth = [[0, 70, 200, 333], [0, 150, 151, 400]]
+    query, key, value, logits = k_conv_problem(truth, n=512, std=std, seed=5)
+    query, key, value = query.float(), key.float(), value.float()
+    breakpoints = torch.tensor(truth)[:, None]
+    kernel = conv_basis._segment_kernels(query, key, breakpoints, 1.0, None, None, 0)
+    output, unsure = conv_basis._basis_sums(query, key, value, kernel, breakpoints, 1.0, None, 0, None, torch.float32)
+    reference = dense_attention(logits.float(), value)
+    errors = (output.double() - reference).norm(dim=-1) / reference.norm(dim=-1)
+    assert errors[~unsure].max() <= conv_basis._FLOAT32_TOLERANCE
+    if std > 1.0:
+        assert errors[unsure].max() > conv_basis._FLOAT32_TOLERANCE
+    final = conv_basis_attention(query, key, value, scaling=1.0, breakpoints=breakpoints)
+    assert row_relative_error(final, reference) <= conv_basis._FLOAT32_TOLERANCE
+
+
+def test_unsure_rows_are_recomputed_in_float64_or_the_group_falls_back(monkeypatch):
+    from hf_ext.attention import conv_basis
+
+    truth = [[0, 9, 30, 71]]
+    query, key, value, logits = k_conv_problem(truth, n=100, std=2.0, seed=8)
+    query, key, value = query.float(), key.float(), value.float()
+    breakpoints = torch.tensor(truth)[:, None]
+    reference = dense_attention(logits.float(), value)
+    calls = _spy_fft_precisions(monkeypatch)
+    monkeypatch.setattr(conv_basis, "_FLOAT32_TOLERANCE", 0.0)  # every row unsure
+    monkeypatch.setattr(conv_basis, "_DENSE_KEYS_PER_POSITION", 100)
+    # The first quarter again as a float64 prefix, rows 25..99 densely in float64: every row as exact as float64.
+    output = conv_basis_attention(query, key, value, scaling=1.0, breakpoints=breakpoints)
+    assert calls == [(torch.float32, 100), (torch.float64, 25)]
+    assert row_relative_error(output, reference) <= 1e-5
+    calls.clear()
+    monkeypatch.setattr(conv_basis, "_DENSE_KEYS_PER_POSITION", 1)  # too costly to recompute: all in float64
+    output = conv_basis_attention(query, key, value, scaling=1.0, breakpoints=breakpoints)
+    assert calls == [(torch.float32, 100), (torch.float64, 100)]
+    assert row_relative_error(output, reference) <= 1e-5
+
+
+def test_float64_ffts_for_gradients_and_for_kernels_beyond_float32_range(monkeypatch):
+    truth = [[0, 9, 30, 71]]
+    query, key, value, logits = k_conv_problem(truth, n=100, std=2.0, seed=8)
+    query, key, value = query.float(), key.float(), value.float()
+    breakpoints = torch.tensor(truth)[:, None]
+    calls = _spy_fft_precisions(monkeypatch)
+    conv_basis_attention(query, key, value.requires_grad_(), scaling=1.0, breakpoints=breakpoints).sum().backward()
+    assert calls == [(torch.float64, 100)] and value.grad.isfinite().all()
+    calls.clear()
+    key = key.detach().clone()
+    key[:, :, 30:71] -= 90.0  # segment 2's logits 90 nats down: e^-90 is below float32's normal range
+    output = conv_basis_attention(query, key, value.detach(), scaling=1.0, breakpoints=breakpoints)
+    assert calls == [(torch.float64, 100)]
+    query_rows = torch.eye(100, dtype=torch.float64)[None, None]
+    reference = dense_attention(query_rows @ key.double().transpose(-1, -2), value.detach())
+    assert row_relative_error(output, reference) <= 1e-5

@@ -21,19 +21,23 @@ Notation (one head, sequence length n):
 
 computed with block FFTs summed in the frequency domain (`_fft_segments`; segments only a few
 columns wide, common with the paper's recovery, are summed directly in O(width · n · d)). No
-n × n tensor is formed on the convolution path. The FFTs run in float64: float32 FFTs needed
-three bands (below) at logit std 2 and lost the first rows, so they were slower and less accurate.
-One float32 band with a per-row error estimate (rows over 1e-4 redone in float64) was also measured:
-the float32 pass is 1.6x faster, but on RoPE-like k-conv logits one or two heads in eight had too
-many unsure rows and ran twice, so the whole call gained 4% at n = 32768 and nothing at 65536.
+n × n tensor is formed on the convolution path.
 
 Numerics. An FFT convolution's error is relative to its largest term, so a row whose mass
-is far below the largest kernel value loses all precision. Each kernel is therefore split
-into *magnitude bands* of width `B` nats (`e^{-B} < ẽ <= 1` within a band after rescaling),
-each band is convolved separately, and band m's result is kept only on the rows that touch
-at least one of its entries (an exact 0/1 convolution of indicators). A kept band contributes
-at least `e^{-B}` (relative) to a row, so every row's relative error is about `eps · e^B`,
-whatever the spread of the logits.
+is far below the largest kernel value loses all precision. In float64 (training, float64
+inputs, and the fallback below) each kernel is therefore split into *magnitude bands* of width
+`B` nats (`e^{-B} < ẽ <= 1` within a band after rescaling), each band is convolved separately,
+and band m's result is kept only on the rows that touch at least one of its entries (an exact
+0/1 convolution of indicators). A kept band contributes at least `e^{-B}` (relative) to a row,
+so every row's relative error is about `eps · e^B`, whatever the spread of the logits.
+
+Inference runs the FFTs in float32 with one band (their pass is about 1.7x faster) and checks
+every row instead (`_apply_basis`): the rounding error of block pair (r, p) is about
+`eps · ‖g‖₂ ‖V_p‖₂`, so each row gets an error estimate from the block norms, and the rows over
+`_FLOAT32_TOLERANCE` are recomputed, those of the first quarter as a float64 prefix (the first
+rows hold little mass next to the kernel window they share with later rows), the later ones
+densely. Too many unsure rows, or a kernel spanning more than float32's range, and the head
+group runs in float64. Float32 with three 7-nat bands was tried first: slower than float64.
 
 Beyond the paper: an exact local window (the last `local_window` columns of each row are
 computed exactly, the basis covers the farther ones), exact sink columns (the first
@@ -58,14 +62,27 @@ POLICIES = ("paper", "auto")
 _FFT_DTYPE = torch.float64
 _BAND_WIDTH = 23.0
 
+# Float32 FFTs (inference): a row's relative error is estimated as this factor times the error scale of
+# `_fft_segments` (the largest ratio measured on k-conv logits of std 1-4, n up to 65536, was 0.42 of it) and
+# must stay under the tolerance.
+_FLOAT32_ERROR_FACTOR = torch.finfo(torch.float32).eps
+_FLOAT32_TOLERANCE = 1e-4
+# Kernels spanning more nats than this would underflow in float32 (normal down to e^-87), which the estimate does
+# not see: they run in float64.
+_FLOAT32_RANGE = 80.0
+# Unsure rows after the first quarter are evaluated densely, this many at a time, while rows × keys stays under
+# `_DENSE_KEYS_PER_POSITION · n` (about what float32 saves; dense rows cost ~10 ns per key); else float64.
+_DENSE_ROW_GROUP = 64
+_DENSE_KEYS_PER_POSITION = 32
+
 # Heads are applied in groups of at most this many (batch · head · position) rows.
 _HEAD_POSITIONS = 2**15
 
-# Channels are convolved in chunks of at most this many (batch · head · channel · position) values: the
-# spectra and their layout copies then stay in cache (measured best at n = 32768).
-_CHUNK_ELEMENTS = 2**17
+# Channels are convolved in chunks of at most this many bytes of (batch · head · channel · position) values:
+# the spectra and their layout copies then stay in cache (measured best at n = 32768, in float64 and float32).
+_CHUNK_BYTES = 2**20
 
-# Positions per tile when transposing V for the FFTs.
+# Positions per tile when transposing V for the FFTs and converting Q for the kernel logits.
 _TRANSPOSE_TILE = 2048
 
 # Segments at most this many columns wide are summed directly: W·n·d work beats a block of FFTs.
@@ -412,15 +429,11 @@ def _block_size(n: int) -> int:
     return 1 << max(0, (-(-n // 16) - 1).bit_length())
 
 
-def _block_fft(signal: torch.Tensor, block: int, num_blocks: int) -> torch.Tensor:
-    """rFFTs (length 2·block) of the kernel windows `g_δ[t] = e[δ·block + t - (block - 1)]`, δ < num_blocks.
-
-    `signal` `(..., n)` -> `(..., num_blocks, block + 1)`.
-    """
+def _kernel_windows(signal: torch.Tensor, block: int, num_blocks: int) -> torch.Tensor:
+    """The kernel windows `g_δ[t] = e[δ·block + t - (block - 1)]`, δ < num_blocks: `(..., n)` -> `(..., num_blocks, 2·block)`."""
     left = block - 1
     padded = torch.nn.functional.pad(signal, (left, (num_blocks + 1) * block - left - signal.shape[-1]))
-    windows = padded.unfold(-1, 2 * block, block)  # (..., num_blocks, 2·block)
-    return torch.fft.rfft(windows, dim=-1)
+    return padded.unfold(-1, 2 * block, block)
 
 
 def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_window):
@@ -428,7 +441,14 @@ def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_windo
     batch, num_heads, n, _ = q.shape
     lags = torch.arange(n, device=q.device)
     start_keys = _rows_at(k, starts).to(_FFT_DTYPE)  # (B, H, K, D)
-    scores = scaling * torch.einsum("bhnd,bhkd->bhkn", q.to(_FFT_DTYPE), start_keys)
+    # Q is converted a tile of rows at a time: a float64 copy of all of it would be mapped afresh on every call.
+    scores = scaling * torch.cat(
+        [
+            torch.einsum("bhnd,bhkd->bhkn", q[:, :, first : first + _TRANSPOSE_TILE].to(_FFT_DTYPE), start_keys)
+            for first in range(0, n, _TRANSPOSE_TILE)
+        ],
+        dim=-1,
+    )
     rows = starts[..., None] + lags  # (B, H, K, n)
     kernel = _transform_logits(scores.gather(-1, rows.clamp(max=n - 1)), softcap)
     used = (rows < n) & (lags >= local_window)  # lags below the local window are computed exactly elsewhere
@@ -437,8 +457,8 @@ def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_windo
     return kernel.masked_fill(~used, float("-inf"))
 
 
-def _fft_segments(kernel, starts, ends, augmented):
-    """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale)`.
+def _fft_segments(kernel, starts, ends, augmented, band_width=_BAND_WIDTH):
+    """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale, error_scale)`.
 
     Uniformly partitioned convolution: rows and columns are cut into blocks of `b` (`_block_size`).
     Output block r is `Σ_c T_{r-c} V_c` with `V_c` the columns of block c and `T_δ` the Toeplitz block of
@@ -449,17 +469,25 @@ def _fft_segments(kernel, starts, ends, augmented):
 
     where a piece holds the columns of segment i_p inside block c_p (blocks cut by a breakpoint give one
     piece per segment). The FFT work is O(n log b) per channel whatever k is; the block sums cost O(n² / b).
-    Channels go a few at a time (`_CHUNK_ELEMENTS`), so each chunk's spectra and their layout copies stay in
+    Channels go a few at a time (`_CHUNK_BYTES`), so each chunk's spectra and their layout copies stay in
     cache and its buffers are reused.
+
+    With one band (`band_width=inf`), `error_scale` `(B, H, 2, n)` sizes the rounding error of each row's
+    numerator (2-norm over the value channels) and denominator, in the scale of `sums` and in units of the
+    FFT precision. An FFT convolution's error is about its precision times `‖g‖₂ ‖x‖₂`, and the errors of
+    different pieces are independent, so output block r's is `(Σ_p ‖g_{i_p, r - c_p}‖₂² ‖x_p‖₂²)^½`.
+    With several bands it is None.
     """
     batch, num_heads, channels, n = augmented.shape
     used = kernel.isfinite()
+    single_band = band_width == float("inf")
     if not bool(used.any()):  # every kernel entry lies in the exact local window
-        return augmented.new_zeros(batch, num_heads, channels, n), augmented.new_full((batch, num_heads, n), -torch.inf)
+        error_scale = augmented.new_zeros(batch, num_heads, 2, n) if single_band else None
+        return augmented.new_zeros(batch, num_heads, channels, n), augmented.new_full((batch, num_heads, n), -torch.inf), error_scale
     # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m.
     peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
     peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
-    band = torch.where(used, ((peak - kernel.detach()) / _BAND_WIDTH).floor(), torch.zeros_like(kernel)).long()
+    band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
     bands = [m for m in range(int(band.max()) + 1) if bool((used & (band == m)).any())]
 
     block = _block_size(n)
@@ -478,14 +506,17 @@ def _fft_segments(kernel, starts, ends, augmented):
     zero_block = kernel.shape[2] * num_blocks
     transfer_index = torch.where(lag_block >= 0, piece_segment * num_blocks + lag_block, zero_block).flatten()
 
+    def block_matrix(per_lag_block):  # (B, H, K, R, X) -> (B, H, R, P, X): entry (r, p) is segment i_p's block r - c_p
+        flat = per_lag_block.flatten(2, 3)
+        flat = torch.cat([flat, flat.new_zeros(batch, num_heads, 1, flat.shape[-1])], dim=2)
+        return flat.index_select(2, transfer_index).view(batch, num_heads, num_blocks, -1, flat.shape[-1])
+
     def transfer_matrices(kernel_values):  # (B, H, F, R, P), contiguous for the per-frequency products
-        kernel_fft = _block_fft(kernel_values, block, num_blocks).flatten(2, 3)  # (B, H, K·R, F)
-        kernel_fft = torch.cat([kernel_fft, kernel_fft.new_zeros(batch, num_heads, 1, block + 1)], dim=2)
-        transfer = kernel_fft.index_select(2, transfer_index).view(batch, num_heads, num_blocks, -1, block + 1)
-        return transfer.permute(0, 1, 4, 2, 3).contiguous()
+        kernel_fft = torch.fft.rfft(_kernel_windows(kernel_values.to(augmented.dtype), block, num_blocks), dim=-1)
+        return block_matrix(kernel_fft).permute(0, 1, 4, 2, 3).contiguous()
 
     # A few channels at a time keep each chunk's spectra and their layout copies in cache.
-    chunk = max(1, _CHUNK_ELEMENTS // (batch * num_heads * num_blocks * block))
+    chunk = max(1, _CHUNK_BYTES // (augmented.element_size() * batch * num_heads * num_blocks * block))
     padded = augmented if num_blocks * block == n else torch.nn.functional.pad(augmented, (0, num_blocks * block - n))
     signal_blocks = padded.unflatten(-1, (num_blocks, block))
     # Zero-padded pieces (only their first half is ever written), reused for every chunk unless autograd
@@ -515,22 +546,22 @@ def _fft_segments(kernel, starts, ends, augmented):
         top_band = torch.full((batch, num_heads, n), bands[-1] + 1, dtype=torch.long, device=device)
         touched = {}
         for m in reversed(bands):
-            indicator = transfer_matrices((used & (band == m)).to(_FFT_DTYPE))
+            indicator = transfer_matrices(used & (band == m))
             touched[m] = block_sums(indicator, mask_spectra)[:, :, 0].flatten(-2)[..., :n] > 0.5
             top_band = torch.where(touched[m], m, top_band)
         band_weights = [
             torch.nn.functional.pad(
-                torch.exp(-(m - top_band).clamp(min=0).to(_FFT_DTYPE) * _BAND_WIDTH) * touched[m],
+                torch.exp(-(m - top_band).clamp(min=0).to(kernel.dtype) * band_width) * touched[m],
                 (0, num_blocks * block - n),
             ).view(batch, num_heads, 1, num_blocks, block)
             for m in bands
         ]
-        log_scale = peak[..., 0] - top_band.to(_FFT_DTYPE) * _BAND_WIDTH
+        log_scale = peak[..., 0] - top_band.to(kernel.dtype) * band_width
         log_scale = log_scale.masked_fill(top_band > bands[-1], float("-inf"))
-    transfers = [
-        transfer_matrices(torch.exp(kernel - peak + m * _BAND_WIDTH).masked_fill(~(used & (band == m)), 0.0))
-        for m in bands
+    band_kernels = [  # the single band of float32 has m = 0 and an infinite width
+        torch.exp(kernel - peak + (m * band_width if m else 0.0)).masked_fill(~(used & (band == m)), 0.0) for m in bands
     ]
+    transfers = [transfer_matrices(values) for values in band_kernels]
     sums = augmented.new_empty(batch, num_heads, channels, num_blocks, block)
     for first in range(0, channels, chunk):
         spectra = piece_spectra(signal_blocks[:, :, first : first + chunk])
@@ -541,7 +572,19 @@ def _fft_segments(kernel, starts, ends, augmented):
                 target.copy_(out if weight is None else out * weight)
             else:
                 target.addcmul_(out, weight)
-    return sums.flatten(-2)[..., :n], log_scale
+    sums = sums.flatten(-2)[..., :n]
+    if not single_band:
+        return sums, log_scale, None
+    window_norms = torch.linalg.vector_norm(_kernel_windows(band_kernels[0].detach().to(sums.dtype), block, num_blocks), dim=-1)
+    pair_norms = block_matrix(window_norms[..., None])[..., 0]  # (B, H, R, P): ‖g_{i_p, r - c_p}‖₂
+    # ‖x_p‖₂² per piece (channels of the numerator summed): a block's, a cut piece's over its segment's columns.
+    piece_norms = torch.linalg.vector_norm(signal_blocks.detach(), dim=-1).square().index_select(-1, piece_block)
+    for i, p in enumerate(cut_pieces):
+        cut_piece = signal_blocks.detach()[:, :, :, piece_block[p]] * cut_masks[:, :, :, i]
+        piece_norms[..., p] = torch.linalg.vector_norm(cut_piece, dim=-1).square()
+    piece_norms = torch.stack([piece_norms[:, :, :-1].sum(2), piece_norms[:, :, -1]], 2)  # (B, H, 2, P)
+    block_errors = (piece_norms @ pair_norms.square().transpose(-1, -2)).sqrt()  # (B, H, 2, R)
+    return sums, log_scale, block_errors.repeat_interleave(block, dim=-1)[..., :n]
 
 
 def _reached_rows(used, starts, ends, attended):
@@ -587,7 +630,7 @@ def _direct_columns(kernel, starts, ends, augmented, group_size=32):
         row_max = logits.detach().amax(dim=2)  # (B, H, n)
         weights = torch.exp(logits - torch.where(row_max.isfinite(), row_max, torch.zeros_like(row_max))[:, :, None])
         values = augmented.gather(-1, columns[:, :, None, :].expand(batch, num_heads, channels, -1))  # (B, H, C, W)
-        parts.append((values @ weights, row_max))
+        parts.append((values @ weights.to(values.dtype), row_max))
     return parts
 
 
@@ -686,37 +729,36 @@ def _local_window_flash(q, k, v, window, scaling, key_mask, sums_dtype):
 def _merge(parts):
     """Add partial sums `(sums, log_scale)` (true sums `sums · e^{log_scale}`), shifted by the largest scale.
 
-    Returns the sums and the rows with a finite scale (rows no part reaches hold no mass). A common row
-    scale cancels in `numerator / denominator`, so a single part is returned as it is.
+    Returns the sums and that shift, `-inf` on rows no part reaches (they hold no mass). A common row scale
+    cancels in `numerator / denominator`, so a single part is returned as it is.
     """
     if len(parts) == 1:
-        sums, log_scale = parts[0]
-        return sums, log_scale.isfinite()
-    shift = torch.stack([log_scale for _, log_scale in parts]).amax(dim=0)
-    reached = shift.isfinite()
-    shift = torch.where(reached, shift, torch.zeros_like(shift))
+        return parts[0]
+    shift = torch.stack([log_scale.to(torch.float64) for _, log_scale in parts]).amax(dim=0)
+    finite_shift = torch.where(shift.isfinite(), shift, torch.zeros_like(shift))
     total = None
     for sums, log_scale in parts:
-        weight = torch.exp(log_scale - shift)[:, :, None, :]
+        weight = torch.exp(log_scale - finite_shift).to(sums.dtype)[:, :, None, :]
         total = sums * weight if total is None else total.addcmul_(sums, weight)
-    return total, reached
+    return total, shift
 
 
-def _basis_rows(query, key, value, breakpoints, rows, scaling, softcap, sliding_window, window, key_mask):
+def _basis_rows(query, key, value, kernel, breakpoints, rows, scaling, softcap, sliding_window, window, key_mask):
     """The basis's attention output on the given rows, evaluated densely in O(rows · n · d): `(B, H, R, Dv)`.
 
-    Row r's logit for column j is the profile of j's segment at lag r - j, exact within the local window:
-    what `_apply_basis` computes for every row.
+    Row r's logit for column j is the profile of j's segment at lag r - j (`kernel`, from `_segment_kernels`),
+    exact within the local window: what `_apply_basis` computes for every row. The keys and values may be the
+    prefix of the sequence that the rows see.
     """
-    n = query.shape[2]
-    kernel = _segment_kernels(query, key, breakpoints, scaling, softcap, sliding_window, window)  # (B, H, K, n)
+    n = key.shape[2]
     columns = torch.arange(n, device=query.device)
     segment = torch.searchsorted(breakpoints.contiguous(), columns.expand(*breakpoints.shape[:2], n).contiguous(), right=True) - 1
     lag = rows[:, None] - columns  # (R, n)
-    index = segment[:, :, None, :] * n + lag.clamp(min=0)  # (B, H, R, n) into the flattened kernels
-    profile_logits = kernel.flatten(2).gather(-1, index.flatten(2)).view_as(index)
-    exact_logits = scaling * query[:, :, rows].to(_FFT_DTYPE) @ key.to(_FFT_DTYPE).transpose(-1, -2)
-    logits = torch.where(lag < window, _transform_logits(exact_logits, softcap), profile_logits)
+    index = segment[:, :, None, :] * kernel.shape[-1] + lag.clamp(min=0)  # (B, H, R, n) into the flattened kernels
+    logits = kernel.flatten(2).gather(-1, index.flatten(2)).view_as(index)
+    if window > 0:
+        exact_logits = scaling * query[:, :, rows].to(_FFT_DTYPE) @ key.to(_FFT_DTYPE).transpose(-1, -2)
+        logits = torch.where(lag < window, _transform_logits(exact_logits, softcap), logits)
     visible = (lag >= 0) if sliding_window is None else (lag >= 0) & (lag < sliding_window)
     if key_mask is not None:
         visible = visible & key_mask[:, None, None, :].bool()
@@ -724,13 +766,55 @@ def _basis_rows(query, key, value, breakpoints, rows, scaling, softcap, sliding_
     return weights @ value.to(_FFT_DTYPE)
 
 
-def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask):
-    """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in the FFT precision, a view
-    that the caller copies into its output (one transposing copy)."""
+def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask, float64=False):
+    """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in float32 or float64, a view
+    that the caller copies into its output (one transposing copy).
+
+    Without autograd the FFTs run in float32 (their pass about 1.7x faster) and `_basis_sums` estimates each row's
+    rounding error. The rows over `_FLOAT32_TOLERANCE` lie mostly at the start of the sequence, where a row's mass
+    is small next to the kernel window it shares with later rows: the prefix holding those of the first quarter is
+    recomputed in float64 (causal attention on a prefix is a problem of its own), the later ones densely. When those
+    would cost too much (`_DENSE_KEYS_PER_POSITION`), when the kernel spans more than `_FLOAT32_RANGE` nats, or with
+    `float64`, the group runs in float64, where the magnitude bands bound the error (module docstring).
+    """
+    kernel = _segment_kernels(query, key, breakpoints, scaling, softcap, sliding_window, window)
+    args = (query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask)
+    records_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    span = kernel.amax(dim=(-1, -2)) - kernel.masked_fill(~kernel.isfinite(), torch.inf).amin(dim=(-1, -2))
+    if float64 or records_grad or query.dtype == torch.float64 or bool((span > _FLOAT32_RANGE).any()):
+        return _basis_sums(*args, torch.float64)[0]
+    output, unsure = _basis_sums(*args, torch.float32)
+    rows = unsure.flatten(0, 1).any(0).nonzero()[:, 0]
+    early = rows[rows < query.shape[2] // 4]
+    late = rows[early.numel() :].split(_DENSE_ROW_GROUP) if rows.numel() > early.numel() else ()
+    if sum(len(group) * (int(group[-1]) + 1) for group in late) > _DENSE_KEYS_PER_POSITION * query.shape[2]:
+        return _basis_sums(*args, torch.float64)[0]
+    if early.numel():
+        end = int(early[-1]) + 1
+        prefix = [t[:, :, :end] for t in (query, key, value)]
+        prefix_mask = None if key_mask is None else key_mask[:, :end]
+        output[:, :, :end] = _apply_basis(
+            *prefix, breakpoints.clamp(max=end), scaling, softcap, sliding_window, min(window, end), prefix_mask,
+            float64=True,
+        )  # fmt: skip
+    for group in late:
+        seen = int(group[-1]) + 1  # causal: these rows see only the first `seen` keys
+        mask = None if key_mask is None else key_mask[:, :seen]
+        dense = _basis_rows(
+            query, key[:, :, :seen], value[:, :, :seen], kernel[..., :seen], breakpoints, group, scaling, softcap,
+            sliding_window, window, mask,
+        )  # fmt: skip
+        output[:, :, group] = dense.to(output.dtype)
+    return output
+
+
+def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask, dtype):
+    """`_apply_basis` with FFTs in `dtype`: `(output, unsure)`; in float32 `unsure` `(B, H, n)` marks the rows whose
+    estimated relative rounding error exceeds `_FLOAT32_TOLERANCE` (None in float64, where the bands bound it)."""
     n = query.shape[2]
     # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
     # u = key mask. V is transposed in tiles of positions: about 3x faster than at once, as a tile stays in cache.
-    augmented = value.new_empty(*value.shape[:2], value.shape[-1] + 1, n, dtype=_FFT_DTYPE)  # (B, H, Dv + 1, n)
+    augmented = value.new_empty(*value.shape[:2], value.shape[-1] + 1, n, dtype=dtype)  # (B, H, Dv + 1, n)
     for first in range(0, n, _TRANSPOSE_TILE):
         augmented[:, :, :-1, first : first + _TRANSPOSE_TILE] = value[:, :, first : first + _TRANSPOSE_TILE].transpose(-1, -2)
     augmented[:, :, -1] = 1.0
@@ -738,21 +822,33 @@ def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_windo
         augmented = augmented * key_mask[:, None, None, :]
     starts = breakpoints  # j_i, padded with n
     ends = torch.cat([breakpoints[..., 1:], torch.full_like(breakpoints[..., :1], n)], dim=-1)  # j_{i+1}
-    kernel = _segment_kernels(query, key, starts, scaling, softcap, sliding_window, window)
     # Segments a few columns wide are summed directly; the others go through the FFT.
     widths = (ends - starts).amax(dim=(0, 1))
     narrow = [i for i in range(starts.shape[-1]) if 0 < widths[i] <= _DIRECT_MAX_WIDTH]
     wide = [i for i in range(starts.shape[-1]) if widths[i] > _DIRECT_MAX_WIDTH]
     parts = _direct_columns(kernel[:, :, narrow], starts[..., narrow], ends[..., narrow], augmented) if narrow else []
+    error_scale = None
     if wide:
-        parts.append(_fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented))
+        band_width = _BAND_WIDTH if dtype == torch.float64 else float("inf")
+        *fft_part, error_scale = _fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented, band_width)
+        parts.append(fft_part)
     if window > 0:
         parts.append(_local_window_part(query, key, value, augmented, window, scaling, softcap, key_mask))
-    sums, reached = _merge(parts)
+    sums, shift = _merge(parts)
     numerator, denominator = sums[:, :, :-1], sums[:, :, -1]
+    reached = shift.isfinite()
     has_mass = reached & (denominator > 0)
     inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
-    return (numerator * inverse[:, :, None]).transpose(-1, -2)
+    output = numerator * inverse[:, :, None]  # (B, H, Dv, n)
+    if error_scale is None:  # float64, or no FFT part (direct sums and the exact window are accurate in float32)
+        return output.transpose(-1, -2), None if dtype == torch.float64 else torch.zeros_like(reached)
+    # Y = N / Z loses |ΔY| <= (|ΔN| + |Y| |ΔZ|) / Z; the FFT part's error scale is rescaled like its sums.
+    fft_weight = torch.exp(fft_part[1] - torch.where(reached, shift, torch.zeros_like(shift))).nan_to_num(0.0)
+    numerator_error, denominator_error = (error_scale * (fft_weight * _FLOAT32_ERROR_FACTOR)[:, :, None]).unbind(2)
+    row_norm = output.square().sum(2).sqrt()  # (B, H, n); vector_norm over a middle dim is 10x slower
+    floor = 1e-6 * row_norm.amax(dim=-1, keepdim=True)  # near-zero rows, measured as `sampled_row_error` does
+    estimate = (numerator_error + row_norm * denominator_error) / (denominator * torch.maximum(row_norm, floor))
+    return output.transpose(-1, -2), reached & ~(has_mass & (estimate <= _FLOAT32_TOLERANCE))  # Z <= 0: lost
 
 
 def _check_attention_inputs(query, key, value):
@@ -862,7 +958,8 @@ def conv_basis_attention(
             )
             continue
         # "auto": the basis's output on the sampled rows, evaluated densely, decides per head before any FFT work.
-        approx = _basis_rows(q, k_group, v_group, basis, rows, scaling, softcap, sliding_window, window, key_mask)
+        kernel = _segment_kernels(q, k_group, basis, scaling, softcap, sliding_window, window)
+        approx = _basis_rows(q, k_group, v_group, kernel, basis, rows, scaling, softcap, sliding_window, window, key_mask)
         reference = exact_attention(q[:, :, rows], k_group, v_group, **common, query_positions=rows)
         keep = sampled_row_error(approx, reference) <= auto_tolerance  # (B, heads of the group)
         for chosen, use_basis in ((keep, True), (~keep, False)):
