@@ -855,7 +855,7 @@ def write_markdown(report: dict, path: Path) -> None:
             f"library's sources (tests excluded; a {training['train_tokens']:,}-token training split; "
             f"final training loss {training['final_loss']}, {training['seconds']} s). Evaluated on held-out files "
             "(every 10th file), consecutive windows of each context. Settings use `attn_implementation=\"conv_basis\"` with "
-            "`config.conv_basis` as named (defaults otherwise: probe_len 16, threshold 1e-4, fp64 FFTs); `window w` = "
+            "`config.conv_basis` as named (defaults otherwise: probe_len 16, threshold 1e-4; float32 FFTs with the per-row error check, float64 where it asks); `window w` = "
             "sliding window only, run as the implementation's exact local window with every farther key masked "
             "(`conv_basis_attention(local_window=w, sliding_window=w, num_bases=1)`: no far field). Attention time = "
             "wall time inside the attention function, all layers; speedup = SDPA's attention time / the setting's.",
