@@ -839,13 +839,14 @@ def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window
     reached = shift.isfinite()
     has_mass = reached & (denominator > 0)
     inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
-    output = numerator * inverse[:, :, None]  # (B, H, Dv, n)
+    # (B, H, Dv, n); float32 runs without autograd, so the sums are normalised in place (no fresh pages)
+    output = numerator.mul_(inverse[:, :, None]) if dtype == torch.float32 else numerator * inverse[:, :, None]
     if error_scale is None:  # float64, or no FFT part (direct sums and the exact window are accurate in float32)
         return output.transpose(-1, -2), None if dtype == torch.float64 else torch.zeros_like(reached)
     # Y = N / Z loses |ΔY| <= (|ΔN| + |Y| |ΔZ|) / Z; the FFT part's error scale is rescaled like its sums.
     fft_weight = torch.exp(fft_part[1] - torch.where(reached, shift, torch.zeros_like(shift))).nan_to_num(0.0)
     numerator_error, denominator_error = (error_scale * (fft_weight * _FLOAT32_ERROR_FACTOR)[:, :, None]).unbind(2)
-    row_norm = output.square().sum(2).sqrt()  # (B, H, n); vector_norm over a middle dim is 10x slower
+    row_norm = torch.linalg.vecdot(output, output, dim=2).sqrt()  # (B, H, n); vector_norm over dim 2 is 5x slower
     floor = 1e-6 * row_norm.amax(dim=-1, keepdim=True)  # near-zero rows, measured as `sampled_row_error` does
     estimate = (numerator_error + row_norm * denominator_error) / (denominator * torch.maximum(row_norm, floor))
     return output.transpose(-1, -2), reached & ~(has_mass & (estimate <= _FLOAT32_TOLERANCE))  # Z <= 0: lost
