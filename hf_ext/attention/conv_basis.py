@@ -954,9 +954,9 @@ def conv_basis_attention(
     for h in range(0, num_heads, group):
         q, k_group, v_group, basis = (t[:, h : h + group] for t in (query, k, v, breakpoints))
         if rows is None:
-            output[:, h : h + group] = _apply_basis(
-                q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask
-            )
+            result = _apply_basis(q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask)
+            for first in range(0, n, _TRANSPOSE_TILE):  # a transposed view: copied a tile at a time, in cache
+                output[:, h : h + group, first : first + _TRANSPOSE_TILE] = result[:, :, first : first + _TRANSPOSE_TILE]
             continue
         # "auto": the basis's output on the sampled rows, evaluated densely, decides per head before any FFT work.
         kernel = _segment_kernels(q, k_group, basis, scaling, softcap, sliding_window, window)
