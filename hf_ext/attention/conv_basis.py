@@ -457,7 +457,7 @@ def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_windo
     return kernel.masked_fill(~used, float("-inf"))
 
 
-def _fft_segments(kernel, starts, ends, augmented, band_width=_BAND_WIDTH):
+def _fft_segments(kernel, starts, ends, augmented, band_width):
     """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale, error_scale)`.
 
     Uniformly partitioned convolution: rows and columns are cut into blocks of `b` (`_block_size`).
