@@ -298,7 +298,7 @@ def _spy_fft_precisions(monkeypatch):
     from hf_ext.attention import conv_basis
 
     calls, original = [], conv_basis._basis_sums
-    monkeypatch.setattr(conv_basis, "_basis_sums", lambda *args: calls.append((args[-1], args[0].shape[2])) or original(*args))
+    monkeypatch.setattr(conv_basis, "_basis_sums", lambda *args: calls.append((args[-2], args[0].shape[2])) or original(*args))
     return calls
 
 
@@ -313,7 +313,8 @@ def test_float32_error_estimate_covers_every_row(std):
     query, key, value = query.float(), key.float(), value.float()
     breakpoints = torch.tensor(truth)[:, None]
     kernel = conv_basis._segment_kernels(query, key, breakpoints, 1.0, None, None, 0)
-    output, unsure = conv_basis._basis_sums(query, key, value, kernel, breakpoints, 1.0, None, 0, None, torch.float32)
+    output = torch.empty_like(value)
+    unsure = conv_basis._basis_sums(query, key, value, kernel, breakpoints, 1.0, None, 0, None, None, torch.float32, output)
     reference = dense_attention(logits.float(), value)
     errors = (output.double() - reference).norm(dim=-1) / reference.norm(dim=-1)
     assert errors[~unsure].max() <= conv_basis._FLOAT32_TOLERANCE

@@ -440,15 +440,17 @@ def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_windo
     """Kernel logits `s_i[t] = H[j_i + t, j_i]` (the profile of each segment's first column), `-inf` where unused."""
     batch, num_heads, n, _ = q.shape
     lags = torch.arange(n, device=q.device)
-    start_keys = _rows_at(k, starts).to(_FFT_DTYPE)  # (B, H, K, D)
-    # Q is converted a tile of rows at a time: a float64 copy of all of it would be mapped afresh on every call.
-    scores = scaling * torch.cat(
+    # The logits in the precision of the inputs (at least float32), as exact attention computes them; half-precision
+    # Q is converted a tile of rows at a time, as a float32 copy of all of it would be mapped afresh on every call.
+    dtype = torch.promote_types(q.dtype, torch.float32)
+    start_keys = _rows_at(k, starts).to(dtype)  # (B, H, K, D)
+    scores = torch.cat(
         [
-            torch.einsum("bhnd,bhkd->bhkn", q[:, :, first : first + _TRANSPOSE_TILE].to(_FFT_DTYPE), start_keys)
+            torch.einsum("bhnd,bhkd->bhkn", q[:, :, first : first + _TRANSPOSE_TILE].to(dtype), start_keys)
             for first in range(0, n, _TRANSPOSE_TILE)
         ],
         dim=-1,
-    )
+    ).to(_FFT_DTYPE) * scaling
     rows = starts[..., None] + lags  # (B, H, K, n)
     kernel = _transform_logits(scores.gather(-1, rows.clamp(max=n - 1)), softcap)
     used = (rows < n) & (lags >= local_window)  # lags below the local window are computed exactly elsewhere
@@ -457,7 +459,16 @@ def _segment_kernels(q, k, starts, scaling, softcap, sliding_window, local_windo
     return kernel.masked_fill(~used, float("-inf"))
 
 
-def _fft_segments(kernel, starts, ends, augmented, band_width):
+def _buffer(workspace, name, shape, dtype, device):
+    """An uninitialised tensor, kept in `workspace` (a dict; None for a fresh tensor) for the next head group."""
+    if workspace is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    if (name, dtype) not in workspace or workspace[name, dtype].shape != torch.Size(shape):
+        workspace[name, dtype] = torch.empty(shape, dtype=dtype, device=device)
+    return workspace[name, dtype]
+
+
+def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
     """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale, error_scale)`.
 
     Uniformly partitioned convolution: rows and columns are cut into blocks of `b` (`_block_size`).
@@ -484,11 +495,16 @@ def _fft_segments(kernel, starts, ends, augmented, band_width):
     if not bool(used.any()):  # every kernel entry lies in the exact local window
         error_scale = augmented.new_zeros(batch, num_heads, 2, n) if single_band else None
         return augmented.new_zeros(batch, num_heads, channels, n), augmented.new_full((batch, num_heads, n), -torch.inf), error_scale
-    # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m.
+    # Magnitude bands (see module docstring): ẽ = exp(s - C + mB) in (e^-B, 1] on band m, `band_masks[m]` its
+    # entries; float32's single band has m = 0 and an infinite width.
     peak = kernel.detach().amax(dim=(-1, -2), keepdim=True)  # C, one constant per head
     peak = torch.where(peak.isfinite(), peak, torch.zeros_like(peak))
-    band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
-    bands = [m for m in range(int(band.max()) + 1) if bool((used & (band == m)).any())]
+    band_masks = {0: used}
+    if not single_band:
+        band = torch.where(used, ((peak - kernel.detach()) / band_width).floor(), torch.zeros_like(kernel)).long()
+        band_masks = {m: used & (band == m) for m in range(int(band.max()) + 1)}
+        band_masks = {m: mask for m, mask in band_masks.items() if bool(mask.any())}
+    bands = list(band_masks)
 
     block = _block_size(n)
     num_blocks = -(-n // block)
@@ -506,14 +522,17 @@ def _fft_segments(kernel, starts, ends, augmented, band_width):
     zero_block = kernel.shape[2] * num_blocks
     transfer_index = torch.where(lag_block >= 0, piece_segment * num_blocks + lag_block, zero_block).flatten()
 
-    def block_matrix(per_lag_block):  # (B, H, K, R, X) -> (B, H, R, P, X): entry (r, p) is segment i_p's block r - c_p
-        flat = per_lag_block.flatten(2, 3)
-        flat = torch.cat([flat, flat.new_zeros(batch, num_heads, 1, flat.shape[-1])], dim=2)
-        return flat.index_select(2, transfer_index).view(batch, num_heads, num_blocks, -1, flat.shape[-1])
+    def block_matrix(per_lag_block, out=None):  # (B, H, K, R, X) -> (B, H, X, R, P): entry (r, p) is segment i_p's block r - c_p
+        flat = per_lag_block.flatten(2, 3).transpose(-1, -2)
+        flat = torch.cat([flat, flat.new_zeros(batch, num_heads, flat.shape[2], 1)], dim=-1)  # the zero block last
+        index = transfer_index.expand(batch, num_heads, flat.shape[2], -1)
+        return torch.gather(flat, -1, index, out=out).unflatten(-1, (num_blocks, -1))  # one pass, contiguous per X
 
-    def transfer_matrices(kernel_values):  # (B, H, F, R, P), contiguous for the per-frequency products
+    def transfer_matrices(kernel_values, m):  # band m's (B, H, F, R, P), contiguous for the per-frequency products
         kernel_fft = torch.fft.rfft(_kernel_windows(kernel_values.to(augmented.dtype), block, num_blocks), dim=-1)
-        return block_matrix(kernel_fft).permute(0, 1, 4, 2, 3).contiguous()
+        shape = (batch, num_heads, block + 1, transfer_index.numel())
+        out = None if workspace is None else _buffer(workspace, f"transfer{m}", shape, kernel_fft.dtype, device)
+        return block_matrix(kernel_fft, out)  # without a workspace autograd records it: no `out=`
 
     # A few channels at a time keep each chunk's spectra and their layout copies in cache.
     chunk = max(1, _CHUNK_BYTES // (augmented.element_size() * batch * num_heads * num_blocks * block))
@@ -521,15 +540,16 @@ def _fft_segments(kernel, starts, ends, augmented, band_width):
     signal_blocks = padded.unflatten(-1, (num_blocks, block))
     # Zero-padded pieces (only their first half is ever written), reused for every chunk unless autograd
     # records the writes.
-    piece_shape = (batch, num_heads, min(chunk, channels), piece_block.numel(), 2 * block)
+    piece_shape = (batch, num_heads, piece_block.numel(), min(chunk, channels), 2 * block)
     piece_buffer = None if torch.is_grad_enabled() and augmented.requires_grad else augmented.new_zeros(piece_shape)
 
     def piece_spectra(signals):  # (B, H, C', R, b) -> (B, H, F, P, C'), one matrix per frequency
-        pieces = (augmented.new_zeros(piece_shape) if piece_buffer is None else piece_buffer)[:, :, : signals.shape[2]]
-        pieces[..., :block].copy_(signals.index_select(3, piece_block))
+        # Pieces before channels: the spectra's layout copy then moves runs of P·C' values (2x faster than C').
+        pieces = (augmented.new_zeros(piece_shape) if piece_buffer is None else piece_buffer)[:, :, :, : signals.shape[2]]
+        pieces[..., :block].copy_(signals.index_select(3, piece_block).transpose(2, 3))
         for i, p in enumerate(cut_pieces):  # keep the columns of the piece's segment
-            pieces[..., p, :block].mul_(cut_masks[..., i, :])
-        return torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 3, 2).contiguous()
+            pieces[:, :, p, :, :block].mul_(cut_masks[..., i, :])
+        return torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 2, 3).contiguous()
 
     def block_sums(transfer, spectra):  # -> (B, H, C', R, b): output block r at [:, :, :, r]
         out = torch.fft.irfft(transfer @ spectra, n=2 * block, dim=2)[:, :, block - 1 : 2 * block - 1]  # overlap-save
@@ -546,7 +566,7 @@ def _fft_segments(kernel, starts, ends, augmented, band_width):
         top_band = torch.full((batch, num_heads, n), bands[-1] + 1, dtype=torch.long, device=device)
         touched = {}
         for m in reversed(bands):
-            indicator = transfer_matrices(used & (band == m))
+            indicator = transfer_matrices(band_masks[m], m)
             touched[m] = block_sums(indicator, mask_spectra)[:, :, 0].flatten(-2)[..., :n] > 0.5
             top_band = torch.where(touched[m], m, top_band)
         band_weights = [
@@ -558,11 +578,12 @@ def _fft_segments(kernel, starts, ends, augmented, band_width):
         ]
         log_scale = peak[..., 0] - top_band.to(kernel.dtype) * band_width
         log_scale = log_scale.masked_fill(top_band > bands[-1], float("-inf"))
-    band_kernels = [  # the single band of float32 has m = 0 and an infinite width
-        torch.exp(kernel - peak + (m * band_width if m else 0.0)).masked_fill(~(used & (band == m)), 0.0) for m in bands
+    band_kernels = [  # in the FFT precision: float32 rounds the logits relative to the peak by at most ~5e-6 (80 nats)
+        torch.exp((kernel - peak + (m * band_width if m else 0.0)).to(augmented.dtype)).masked_fill(~band_masks[m], 0.0)
+        for m in bands
     ]
-    transfers = [transfer_matrices(values) for values in band_kernels]
-    sums = augmented.new_empty(batch, num_heads, channels, num_blocks, block)
+    transfers = [transfer_matrices(values, m) for m, values in zip(bands, band_kernels)]
+    sums = _buffer(workspace, "sums", (batch, num_heads, channels, num_blocks, block), augmented.dtype, device)
     for first in range(0, channels, chunk):
         spectra = piece_spectra(signal_blocks[:, :, first : first + chunk])
         target = sums[:, :, first : first + chunk]
@@ -575,8 +596,8 @@ def _fft_segments(kernel, starts, ends, augmented, band_width):
     sums = sums.flatten(-2)[..., :n]
     if not single_band:
         return sums, log_scale, None
-    window_norms = torch.linalg.vector_norm(_kernel_windows(band_kernels[0].detach().to(sums.dtype), block, num_blocks), dim=-1)
-    pair_norms = block_matrix(window_norms[..., None])[..., 0]  # (B, H, R, P): ‖g_{i_p, r - c_p}‖₂
+    window_norms = torch.linalg.vector_norm(_kernel_windows(band_kernels[0].detach(), block, num_blocks), dim=-1)
+    pair_norms = block_matrix(window_norms[..., None])[:, :, 0]  # (B, H, R, P): ‖g_{i_p, r - c_p}‖₂
     # ‖x_p‖₂² per piece (channels of the numerator summed): a block's, a cut piece's over its segment's columns.
     piece_norms = torch.linalg.vector_norm(signal_blocks.detach(), dim=-1).square().index_select(-1, piece_block)
     for i, p in enumerate(cut_pieces):
@@ -766,9 +787,10 @@ def _basis_rows(query, key, value, kernel, breakpoints, rows, scaling, softcap, 
     return weights @ value.to(_FFT_DTYPE)
 
 
-def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask, float64=False):
-    """Attention through a given basis (plus the exact local window): `(B, H, n, Dv)` in float32 or float64, a view
-    that the caller copies into its output (one transposing copy).
+def _apply_basis(
+    query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask, out, workspace=None, float64=False
+):
+    """Attention through a given basis (plus the exact local window), written into `out` `(B, H, n, Dv)`.
 
     Without autograd the FFTs run in float32 (their pass about 1.7x faster) and `_basis_sums` estimates each row's
     rounding error. The rows over `_FLOAT32_TOLERANCE` lie mostly at the start of the sequence, where a row's mass
@@ -778,24 +800,26 @@ def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_windo
     `float64`, the group runs in float64, where the magnitude bands bound the error (module docstring).
     """
     kernel = _segment_kernels(query, key, breakpoints, scaling, softcap, sliding_window, window)
-    args = (query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask)
+    args = (query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask, workspace)
     records_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
     span = kernel.amax(dim=(-1, -2)) - kernel.masked_fill(~kernel.isfinite(), torch.inf).amin(dim=(-1, -2))
     if float64 or records_grad or query.dtype == torch.float64 or bool((span > _FLOAT32_RANGE).any()):
-        return _basis_sums(*args, torch.float64)[0]
-    output, unsure = _basis_sums(*args, torch.float32)
+        _basis_sums(*args, torch.float64, out)
+        return
+    unsure = _basis_sums(*args, torch.float32, out)
     rows = unsure.flatten(0, 1).any(0).nonzero()[:, 0]
     early = rows[rows < query.shape[2] // 4]
     late = rows[early.numel() :].split(_DENSE_ROW_GROUP) if rows.numel() > early.numel() else ()
     if sum(len(group) * (int(group[-1]) + 1) for group in late) > _DENSE_KEYS_PER_POSITION * query.shape[2]:
-        return _basis_sums(*args, torch.float64)[0]
+        _basis_sums(*args, torch.float64, out)
+        return
     if early.numel():
         end = int(early[-1]) + 1
         prefix = [t[:, :, :end] for t in (query, key, value)]
         prefix_mask = None if key_mask is None else key_mask[:, :end]
-        output[:, :, :end] = _apply_basis(
+        _apply_basis(
             *prefix, breakpoints.clamp(max=end), scaling, softcap, sliding_window, min(window, end), prefix_mask,
-            float64=True,
+            out[:, :, :end], workspace, float64=True,
         )  # fmt: skip
     for group in late:
         seen = int(group[-1]) + 1  # causal: these rows see only the first `seen` keys
@@ -804,17 +828,16 @@ def _apply_basis(query, key, value, breakpoints, scaling, softcap, sliding_windo
             query, key[:, :, :seen], value[:, :, :seen], kernel[..., :seen], breakpoints, group, scaling, softcap,
             sliding_window, window, mask,
         )  # fmt: skip
-        output[:, :, group] = dense.to(output.dtype)
-    return output
+        out[:, :, group] = dense.to(out.dtype)
 
 
-def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask, dtype):
-    """`_apply_basis` with FFTs in `dtype`: `(output, unsure)`; in float32 `unsure` `(B, H, n)` marks the rows whose
+def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask, workspace, dtype, out):
+    """`_apply_basis` with FFTs in `dtype`, written into `out`: returns `unsure` `(B, H, n)` in float32, the rows whose
     estimated relative rounding error exceeds `_FLOAT32_TOLERANCE` (None in float64, where the bands bound it)."""
     n = query.shape[2]
     # Channels along the sequence (last dim, contiguous for the FFTs): V·u (numerator) and u (denominator),
     # u = key mask. V is transposed in tiles of positions: about 3x faster than at once, as a tile stays in cache.
-    augmented = value.new_empty(*value.shape[:2], value.shape[-1] + 1, n, dtype=dtype)  # (B, H, Dv + 1, n)
+    augmented = _buffer(workspace, "augmented", (*value.shape[:2], value.shape[-1] + 1, n), dtype, value.device)
     for first in range(0, n, _TRANSPOSE_TILE):
         augmented[:, :, :-1, first : first + _TRANSPOSE_TILE] = value[:, :, first : first + _TRANSPOSE_TILE].transpose(-1, -2)
     augmented[:, :, -1] = 1.0
@@ -830,7 +853,9 @@ def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window
     error_scale = None
     if wide:
         band_width = _BAND_WIDTH if dtype == torch.float64 else float("inf")
-        *fft_part, error_scale = _fft_segments(kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented, band_width)
+        *fft_part, error_scale = _fft_segments(
+            kernel[:, :, wide], starts[..., wide], ends[..., wide], augmented, band_width, workspace
+        )  # fmt: skip
         parts.append(fft_part)
     if window > 0:
         parts.append(_local_window_part(query, key, value, augmented, window, scaling, softcap, key_mask))
@@ -839,17 +864,25 @@ def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window
     reached = shift.isfinite()
     has_mass = reached & (denominator > 0)
     inverse = torch.where(has_mass, 1.0 / torch.where(has_mass, denominator, 1.0), 0.0)  # rows without mass give 0
-    # (B, H, Dv, n); float32 runs without autograd, so the sums are normalised in place (no fresh pages)
-    output = numerator.mul_(inverse[:, :, None]) if dtype == torch.float32 else numerator * inverse[:, :, None]
-    if error_scale is None:  # float64, or no FFT part (direct sums and the exact window are accurate in float32)
-        return output.transpose(-1, -2), None if dtype == torch.float64 else torch.zeros_like(reached)
+    estimate = error_scale is not None  # float32 with an FFT part (direct sums and the exact window are accurate)
+    row_norm = inverse.new_empty(inverse.shape) if estimate else None
+    # Y = N / Z a tile of positions at a time: the transposing read stays in cache, and the row norms of the error
+    # estimate are taken while the tile is.
+    for first in range(0, n, _TRANSPOSE_TILE):
+        tile = slice(first, first + _TRANSPOSE_TILE)
+        out[:, :, tile] = numerator[..., tile].transpose(-1, -2) * inverse[..., tile, None]
+        if estimate:
+            rows = out[:, :, tile].float()  # a no-op for float32 outputs
+            torch.linalg.vecdot(rows, rows, out=row_norm[..., tile])
+    if not estimate:
+        return None if dtype == torch.float64 else torch.zeros_like(reached)
     # Y = N / Z loses |ΔY| <= (|ΔN| + |Y| |ΔZ|) / Z; the FFT part's error scale is rescaled like its sums.
+    row_norm = row_norm.sqrt_()
     fft_weight = torch.exp(fft_part[1] - torch.where(reached, shift, torch.zeros_like(shift))).nan_to_num(0.0)
     numerator_error, denominator_error = (error_scale * (fft_weight * _FLOAT32_ERROR_FACTOR)[:, :, None]).unbind(2)
-    row_norm = torch.linalg.vecdot(output, output, dim=2).sqrt()  # (B, H, n); vector_norm over dim 2 is 5x slower
     floor = 1e-6 * row_norm.amax(dim=-1, keepdim=True)  # near-zero rows, measured as `sampled_row_error` does
     estimate = (numerator_error + row_norm * denominator_error) / (denominator * torch.maximum(row_norm, floor))
-    return output.transpose(-1, -2), reached & ~(has_mass & (estimate <= _FLOAT32_TOLERANCE))  # Z <= 0: lost
+    return reached & ~(has_mass & (estimate <= _FLOAT32_TOLERANCE))  # Z <= 0: lost
 
 
 def _check_attention_inputs(query, key, value):
@@ -951,12 +984,17 @@ def conv_basis_attention(
     if policy == "auto":
         rows = torch.linspace(0, n - 1, min(auto_sample_rows, n), device=query.device).round().long().unique()
     output = query.new_empty(*query.shape[:3], v.shape[-1])
+    # The largest buffers are kept from one head group to the next, unless autograd records them: freeing and
+    # re-mapping tens of MB per head cost about 10% of the time at n = 65536 (page faults).
+    records_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    workspace = None if records_grad else {}
     for h in range(0, num_heads, group):
         q, k_group, v_group, basis = (t[:, h : h + group] for t in (query, k, v, breakpoints))
         if rows is None:
-            result = _apply_basis(q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask)
-            for first in range(0, n, _TRANSPOSE_TILE):  # a transposed view: copied a tile at a time, in cache
-                output[:, h : h + group, first : first + _TRANSPOSE_TILE] = result[:, :, first : first + _TRANSPOSE_TILE]
+            _apply_basis(
+                q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask, output[:, h : h + group],
+                workspace,
+            )  # fmt: skip
             continue
         # "auto": the basis's output on the sampled rows, evaluated densely, decides per head before any FFT work.
         kernel = _segment_kernels(q, k_group, basis, scaling, softcap, sliding_window, window)
@@ -972,7 +1010,10 @@ def conv_basis_attention(
             pair_mask = None if key_mask is None else key_mask[b_idx]
             if use_basis:
                 pair_basis = basis[b_idx, h_idx][:, None]
-                out = _apply_basis(pair_q, pair_k, pair_v, pair_basis, scaling, softcap, sliding_window, window, pair_mask)
+                out = output.new_empty(pair_q.shape[:3] + pair_v.shape[-1:])
+                _apply_basis(
+                    pair_q, pair_k, pair_v, pair_basis, scaling, softcap, sliding_window, window, pair_mask, out, workspace
+                )  # fmt: skip
             else:
                 out = exact_attention(
                     pair_q, pair_k, pair_v, scaling=scaling, softcap=softcap, sliding_window=sliding_window,
