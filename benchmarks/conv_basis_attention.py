@@ -293,7 +293,7 @@ def segment_fft_convolution(value, kernels, breakpoints):
 def fft_floor_inputs(n, num_heads, channels, breakpoints):
     """Zero tensors shaped as the block scheme's transforms (`_fft_segments`) for this basis, as inference runs them:
     in float32, heads in groups, channels in chunks. Per group of g heads: the kernel windows `(g, k, R, 2b)` and, per chunk of
-    c channels, the value pieces `(g, c, P, 2b)` and the output spectra `(g, F, R, c)` (frequencies first, as the
+    c channels, the value pieces `(g, P, c, 2b)` and the output spectra `(g, F, R, c)` (frequencies first, as the
     block sums leave them). Chunks of one shape share their tensors."""
     block = _block_size(n)
     num_blocks = -(-n // block)
@@ -309,7 +309,7 @@ def fft_floor_inputs(n, num_heads, channels, breakpoints):
             width = min(chunk, channels - first)
             if (heads, width) not in shared:
                 shared[heads, width] = (
-                    torch.zeros(heads, width, num_pieces, 2 * block),
+                    torch.zeros(heads, num_pieces, width, 2 * block),
                     torch.zeros(heads, block + 1, num_blocks, width, dtype=torch.complex64),
                 )
             chunks.append(shared[heads, width])

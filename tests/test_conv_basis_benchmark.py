@@ -42,11 +42,11 @@ def test_segment_fft_convolution_does_the_whole_convolution():
 
 def test_fft_floor_has_the_sizes_of_the_block_scheme():
     # n = 4096 uses 16 blocks of 256; breakpoint 1000 splits block 3, 2048 falls on a block edge. Both heads go
-    # in one group, and 2^20 bytes of float32 values per chunk make chunks of 32 channels: 32 + 1.
-    ((kernels, chunks),) = bench.fft_floor_inputs(4096, 2, 33, torch.tensor([0, 1000, 2048]))
+    # in one group, and 1.5 MiB of float32 values per chunk make chunks of 48 channels: 65 = 48 + 17.
+    ((kernels, chunks),) = bench.fft_floor_inputs(4096, 2, 65, torch.tensor([0, 1000, 2048]))
     assert kernels.shape == (2, 3, 16, 512) and kernels.dtype == torch.float32
-    assert [pieces.shape for pieces, _ in chunks] == [(2, 32, 16 + 1, 512), (2, 1, 16 + 1, 512)]
-    assert [spectra.shape for _, spectra in chunks] == [(2, 257, 16, 32), (2, 257, 16, 1)]
+    assert [pieces.shape for pieces, _ in chunks] == [(2, 16 + 1, 48, 512), (2, 16 + 1, 17, 512)]
+    assert [spectra.shape for _, spectra in chunks] == [(2, 257, 16, 48), (2, 257, 16, 17)]
     assert chunks[0][1].dtype == torch.complex64
     # One head per group from n = 32768 (2^15 positions per group).
     assert len(bench.fft_floor_inputs(32768, 3, 5, torch.tensor([0]))) == 3
