@@ -540,12 +540,14 @@ def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
     piece_shape = (batch, num_heads, piece_block.numel(), min(chunk, channels), 2 * block)
     piece_buffer = None if torch.is_grad_enabled() and augmented.requires_grad else augmented.new_zeros(piece_shape)
 
-    def piece_spectra(signals):  # (B, H, C', R, b) -> (B, H, F, P, C'), one matrix per frequency
+    def piece_spectra(signals, square_norms=None):  # (B, H, C', R, b) -> (B, H, F, P, C'), one matrix per frequency
         # Pieces before channels: the spectra's layout copy then moves runs of P·C' values (2x faster than C').
         pieces = (augmented.new_zeros(piece_shape) if piece_buffer is None else piece_buffer)[:, :, :, : signals.shape[2]]
         pieces[..., :block].copy_(signals.index_select(3, piece_block).transpose(2, 3))
         for i, p in enumerate(cut_pieces):  # keep the columns of the piece's segment
             pieces[:, :, p, :, :block].mul_(cut_masks[..., i, :])
+        if square_norms is not None:  # ‖x_p‖₂² per channel, for the error scale, while the pieces are in cache
+            square_norms.copy_(torch.linalg.vector_norm(pieces[..., :block].detach(), dim=-1).square().transpose(2, 3))
         return torch.fft.rfft(pieces, dim=-1).permute(0, 1, 4, 2, 3).contiguous()
 
     def block_sums(transfer, spectra):  # -> (B, H, C', R, b): output block r at [:, :, :, r]
@@ -581,8 +583,10 @@ def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
     ]
     transfers = [transfer_matrices(values, m) for m, values in zip(bands, band_kernels)]
     sums = _buffer(workspace, "sums", (batch, num_heads, channels, num_blocks, block), augmented.dtype, device)
+    piece_norms = augmented.new_empty(batch, num_heads, channels, piece_block.numel()) if single_band else None
     for first in range(0, channels, chunk):
-        spectra = piece_spectra(signal_blocks[:, :, first : first + chunk])
+        chunk_norms = None if piece_norms is None else piece_norms[:, :, first : first + chunk]
+        spectra = piece_spectra(signal_blocks[:, :, first : first + chunk], chunk_norms)
         target = sums[:, :, first : first + chunk]
         for m, (transfer, weight) in enumerate(zip(transfers, band_weights)):
             out = block_sums(transfer, spectra)
@@ -595,12 +599,7 @@ def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
         return sums, log_scale, None
     window_norms = torch.linalg.vector_norm(_kernel_windows(band_kernels[0].detach(), block, num_blocks), dim=-1)
     pair_norms = block_matrix(window_norms[..., None])[:, :, 0]  # (B, H, R, P): ‖g_{i_p, r - c_p}‖₂
-    # ‖x_p‖₂² per piece (channels of the numerator summed): a block's, a cut piece's over its segment's columns.
-    piece_norms = torch.linalg.vector_norm(signal_blocks.detach(), dim=-1).square().index_select(-1, piece_block)
-    for i, p in enumerate(cut_pieces):
-        cut_piece = signal_blocks.detach()[:, :, :, piece_block[p]] * cut_masks[:, :, :, i]
-        piece_norms[..., p] = torch.linalg.vector_norm(cut_piece, dim=-1).square()
-    piece_norms = torch.stack([piece_norms[:, :, :-1].sum(2), piece_norms[:, :, -1]], 2)  # (B, H, 2, P)
+    piece_norms = torch.stack([piece_norms[:, :, :-1].sum(2), piece_norms[:, :, -1]], 2)  # (B, H, 2, P): numerator summed
     block_errors = (piece_norms @ pair_norms.square().transpose(-1, -2)).sqrt()  # (B, H, 2, R)
     return sums, log_scale, block_errors.repeat_interleave(block, dim=-1)[..., :n]
 
@@ -867,7 +866,10 @@ def _basis_sums(query, key, value, kernel, breakpoints, scaling, softcap, window
     # estimate are taken while the tile is.
     for first in range(0, n, _TRANSPOSE_TILE):
         tile = slice(first, first + _TRANSPOSE_TILE)
-        out[:, :, tile] = numerator[..., tile].transpose(-1, -2) * inverse[..., tile, None]
+        if workspace is None:  # autograd records the write
+            out[:, :, tile] = numerator[..., tile].transpose(-1, -2) * inverse[..., tile, None]
+        else:
+            torch.mul(numerator[..., tile].transpose(-1, -2), inverse[..., tile, None], out=out[:, :, tile])
         if estimate:
             rows = out[:, :, tile].float()  # a no-op for float32 outputs
             torch.linalg.vecdot(rows, rows, out=row_norm[..., tile])
