@@ -38,6 +38,10 @@ every row instead (`_apply_basis`): the rounding error of block pair (r, p) is a
 rows hold little mass next to the kernel window they share with later rows), the later ones
 densely. Too many unsure rows, or a kernel spanning more than float32's range, and the head
 group runs in float64. Float32 with three 7-nat bands was tried first: slower than float64.
+The kernel logits are computed in the input precision (at least float32, as exact attention
+computes them) and exponentiated in the FFT precision relative to their peak: in float32 that
+rounds each weight by at most ~5e-6 (80 nats · 6e-8), which the estimate does not include.
+Without autograd the largest buffers are reused from one head group to the next.
 
 Beyond the paper: an exact local window (the last `local_window` columns of each row are
 computed exactly, the basis covers the farther ones), exact sink columns (the first
