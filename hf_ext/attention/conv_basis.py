@@ -523,11 +523,12 @@ def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
     zero_block = kernel.shape[2] * num_blocks
     transfer_index = torch.where(lag_block >= 0, piece_segment * num_blocks + lag_block, zero_block).flatten()
 
-    def block_matrix(per_lag_block, out=None):  # (B, H, K, R, X) -> (B, H, X, R, P): entry (r, p) is segment i_p's block r - c_p
+    def block_matrix(per_lag_block, out=None):  # (B, H, K, R, X) -> (B, H, X, R, P)
+        # Entry (r, p) is segment i_p's lag block r - c_p, gathered frequency-major in one pass.
         flat = per_lag_block.flatten(2, 3).transpose(-1, -2)
         flat = torch.cat([flat, flat.new_zeros(batch, num_heads, flat.shape[2], 1)], dim=-1)  # the zero block last
         index = transfer_index.expand(batch, num_heads, flat.shape[2], -1)
-        return torch.gather(flat, -1, index, out=out).unflatten(-1, (num_blocks, -1))  # one pass, contiguous per X
+        return torch.gather(flat, -1, index, out=out).unflatten(-1, (num_blocks, -1))
 
     def transfer_matrices(kernel_values, m):  # band m's (B, H, F, R, P), contiguous for the per-frequency products
         kernel_fft = torch.fft.rfft(_kernel_windows(kernel_values.to(augmented.dtype), block, num_blocks), dim=-1)
@@ -544,7 +545,7 @@ def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
     piece_shape = (batch, num_heads, piece_block.numel(), min(chunk, channels), 2 * block)
     piece_buffer = None if torch.is_grad_enabled() and augmented.requires_grad else augmented.new_zeros(piece_shape)
 
-    def piece_spectra(signals, square_norms=None):  # (B, H, C', R, b) -> (B, H, F, P, C'), one matrix per frequency
+    def piece_spectra(signals, square_norms=None):  # (B, H, C', R, b) -> (B, H, F, P, C'): a matrix per frequency
         # Pieces before channels: the spectra's layout copy then moves runs of P·C' values (2x faster than C').
         pieces = (augmented.new_zeros(piece_shape) if piece_buffer is None else piece_buffer)[:, :, :, : signals.shape[2]]
         pieces[..., :block].copy_(signals.index_select(3, piece_block).transpose(2, 3))
