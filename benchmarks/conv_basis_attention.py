@@ -339,7 +339,7 @@ def _segment_kernels(query, key, breakpoints, scaling):
 
 
 def _repeats_for(n: int, repeats: int) -> int:
-    # Three up to 65536: there our time moves by ~20% between runs on a shared machine (a median of 2 is a mean).
+    # All of them up to 65536, where our time moves by ~20% between runs on a shared machine (a median of 2 is a mean).
     return repeats if n <= 65536 else 1
 
 
