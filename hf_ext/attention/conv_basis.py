@@ -789,9 +789,11 @@ def _basis_rows(query, key, value, kernel, breakpoints, rows, scaling, softcap, 
 
 
 def _apply_basis(
-    query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask, out, workspace=None, float64=False
+    query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask, out, workspace, float64=False
 ):
     """Attention through a given basis (plus the exact local window), written into `out` `(B, H, n, Dv)`.
+
+    `workspace` is None when autograd records the call (`conv_basis_attention` decides), else a dict of buffers.
 
     Without autograd the FFTs run in float32 (their pass about 1.7x faster) and `_basis_sums` estimates each row's
     rounding error. The rows over `_FLOAT32_TOLERANCE` lie mostly at the start of the sequence, where a row's mass
@@ -802,7 +804,7 @@ def _apply_basis(
     """
     kernel = _segment_kernels(query, key, breakpoints, scaling, softcap, sliding_window, window)
     args = (query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask, workspace)
-    records_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    records_grad = workspace is None
     span = kernel.amax(dim=(-1, -2)) - kernel.nan_to_num(neginf=torch.inf).amin(dim=(-1, -2))  # over used entries
     if float64 or records_grad or query.dtype == torch.float64 or bool((span > _FLOAT32_RANGE).any()):
         _basis_sums(*args, torch.float64, out)
