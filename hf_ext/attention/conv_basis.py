@@ -789,11 +789,13 @@ def _basis_rows(query, key, value, kernel, breakpoints, rows, scaling, softcap, 
 
 
 def _apply_basis(
-    query, key, value, breakpoints, scaling, softcap, sliding_window, window, key_mask, out, workspace, float64=False
-):
+    query, key, value, kernel, breakpoints, scaling, softcap, sliding_window, window, key_mask, out, workspace,
+    float64=False,
+):  # fmt: skip
     """Attention through a given basis (plus the exact local window), written into `out` `(B, H, n, Dv)`.
 
-    `workspace` is None when autograd records the call (`conv_basis_attention` decides), else a dict of buffers.
+    `kernel` holds the basis's kernel logits (`_segment_kernels`). `workspace` is None when autograd records the
+    call (`conv_basis_attention` decides), else a dict of buffers.
 
     Without autograd the FFTs run in float32 (their pass about 1.7x faster) and `_basis_sums` estimates each row's
     rounding error. The rows over `_FLOAT32_TOLERANCE` lie mostly at the start of the sequence, where a row's mass
@@ -802,7 +804,6 @@ def _apply_basis(
     would cost too much (`_DENSE_KEYS_PER_POSITION`), when the kernel spans more than `_FLOAT32_RANGE` nats, or with
     `float64`, the group runs in float64, where the magnitude bands bound the error (module docstring).
     """
-    kernel = _segment_kernels(query, key, breakpoints, scaling, softcap, sliding_window, window)
     args = (query, key, value, kernel, breakpoints, scaling, softcap, window, key_mask, workspace)
     records_grad = workspace is None
     span = kernel.amax(dim=(-1, -2)) - kernel.nan_to_num(neginf=torch.inf).amin(dim=(-1, -2))  # over used entries
@@ -820,8 +821,10 @@ def _apply_basis(
         end = int(early[-1]) + 1
         prefix = [t[:, :, :end] for t in (query, key, value)]
         prefix_mask = None if key_mask is None else key_mask[:, :end]
+        prefix_basis, prefix_window = breakpoints.clamp(max=end), min(window, end)
+        prefix_kernel = _segment_kernels(*prefix[:2], prefix_basis, scaling, softcap, sliding_window, prefix_window)
         _apply_basis(
-            *prefix, breakpoints.clamp(max=end), scaling, softcap, sliding_window, min(window, end), prefix_mask,
+            *prefix, prefix_kernel, prefix_basis, scaling, softcap, sliding_window, prefix_window, prefix_mask,
             out[:, :, :end], workspace, float64=True,
         )  # fmt: skip
     for group in late:
@@ -996,14 +999,14 @@ def conv_basis_attention(
     workspace = None if records_grad else {}
     for h in range(0, num_heads, group):
         q, k_group, v_group, basis = (t[:, h : h + group] for t in (query, k, v, breakpoints))
+        kernel = _segment_kernels(q, k_group, basis, scaling, softcap, sliding_window, window)
         if rows is None:
             _apply_basis(
-                q, k_group, v_group, basis, scaling, softcap, sliding_window, window, key_mask, output[:, h : h + group],
-                workspace,
+                q, k_group, v_group, kernel, basis, scaling, softcap, sliding_window, window, key_mask,
+                output[:, h : h + group], workspace,
             )  # fmt: skip
             continue
         # "auto": the basis's output on the sampled rows, evaluated densely, decides per head before any FFT work.
-        kernel = _segment_kernels(q, k_group, basis, scaling, softcap, sliding_window, window)
         approx = _basis_rows(q, k_group, v_group, kernel, basis, rows, scaling, softcap, sliding_window, window, key_mask)
         reference = exact_attention(q[:, :, rows], k_group, v_group, **common, query_positions=rows)
         keep = sampled_row_error(approx, reference) <= auto_tolerance  # (B, heads of the group)
@@ -1015,10 +1018,11 @@ def conv_basis_attention(
             pair_q, pair_k, pair_v = (t[b_idx, h_idx][:, None] for t in (q, k_group, v_group))
             pair_mask = None if key_mask is None else key_mask[b_idx]
             if use_basis:
-                pair_basis = basis[b_idx, h_idx][:, None]
+                pair_basis, pair_kernel = basis[b_idx, h_idx][:, None], kernel[b_idx, h_idx][:, None]
                 out = output.new_empty(pair_q.shape[:3] + pair_v.shape[-1:])
                 _apply_basis(
-                    pair_q, pair_k, pair_v, pair_basis, scaling, softcap, sliding_window, window, pair_mask, out, workspace
+                    pair_q, pair_k, pair_v, pair_kernel, pair_basis, scaling, softcap, sliding_window, window, pair_mask,
+                    out, workspace,
                 )  # fmt: skip
             else:
                 out = exact_attention(
