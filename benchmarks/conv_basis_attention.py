@@ -102,7 +102,9 @@ class ConvBasisBenchmarkArguments:
     )
     lm_files: int = field(default=0, metadata={"help": "Use only this many stdlib files (0: all; quick: 80)."})
     lm_contexts: list[int] = field(default_factory=lambda: [2048, 8192], metadata={"help": "Evaluation contexts (quick: 2048)."})
-    lm_eval_tokens: int = field(default=16384, metadata={"help": "Evaluated tokens per context (quick: 4096)."})
+    lm_eval_tokens: int = field(
+        default=65536, metadata={"help": "Evaluated tokens per context, in windows inside held-out files (quick: 4096)."}
+    )
     paper_num_bases: list[int] = field(default_factory=lambda: [4, 16, 64], metadata={"help": "k of the paper's method."})
     sliding_windows: list[int] = field(
         default_factory=lambda: [64, 128, 256, 512, 1024], metadata={"help": "w of the sliding-window-only baseline."}
@@ -483,9 +485,31 @@ def stdlib_sources(limit: int = 0) -> tuple[list[str], list[str]]:
     return train, held_out
 
 
-def _token_stream(tokenizer, texts) -> torch.Tensor:
+def _token_stream(tokenizer, texts) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every file's tokens, one after the other, and each file's `(start, end)` in that stream."""
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return torch.tensor([token for document in ids for token in [*document, tokenizer.eos_token_id]])
+    lengths = torch.tensor([len(document) for document in ids])
+    ends = lengths.cumsum(0)
+    return torch.tensor([token for document in ids for token in document]), torch.stack([ends - lengths, ends], 1)
+
+
+def _window_starts(files: torch.Tensor, length: int, stride: int = 1) -> torch.Tensor:
+    """Start positions (every `stride`-th) of the `length`-token windows that lie inside a single file.
+
+    The study keeps each window inside one file, so every position's context is its own file's text: windows
+    across file boundaries would make far context noise, and a sliding window would win for that reason alone.
+    """
+    starts = [torch.arange(start, end - length + 1, stride) for start, end in files.tolist() if end - start >= length]
+    return torch.cat(starts) if starts else torch.empty(0, dtype=torch.long)
+
+
+def _eval_windows(files: torch.Tensor, context: int, count: int) -> torch.Tensor:
+    """Starts of `count` non-overlapping `context`-token windows inside held-out files, spread evenly over them."""
+    starts = _window_starts(files, context, stride=context)
+    if starts.numel() == 0:
+        longest = int((files[:, 1] - files[:, 0]).max())
+        raise ValueError(f"--lm_contexts {context}: no held-out file is that long (the longest has {longest} tokens)")
+    return starts[torch.linspace(0, starts.numel() - 1, min(count, starts.numel())).round().long()]
 
 
 def _lm_settings(args):
@@ -503,6 +527,7 @@ def _lm_settings(args):
         head_dim=64,
         intermediate_size=384,
         learning_rate=3e-3,
+        sequences="inside single files",
         python=platform.python_version(),
     )
 
@@ -518,9 +543,17 @@ def train_or_load_lm(args) -> tuple[Path, dict]:
         if log.get("settings") == settings:
             return folder, log
     set_seed(args.seed)
-    train_texts, _ = stdlib_sources(args.lm_files)
+    train_texts, held_out = stdlib_sources(args.lm_files)
     tokenizer = train_tiny_tokenizer(train_texts[::4], vocab_size=settings["vocab_size"])
-    stream = _token_stream(tokenizer, train_texts)
+    for context in args.lm_contexts:  # fail before training if a context is longer than every held-out file
+        _eval_windows(_token_stream(tokenizer, held_out)[1], context, 1)
+    stream, files = _token_stream(tokenizer, train_texts)
+    # Every training sequence lies inside one file (see `_window_starts`).
+    starts = {length: _window_starts(files, length) for length in set(args.lm_train_lengths)}
+    too_long = sorted(length for length, positions in starts.items() if positions.numel() == 0)
+    if too_long:
+        longest = int((files[:, 1] - files[:, 0]).max())
+        raise ValueError(f"--lm_train_lengths {too_long}: no training file is that long (the longest has {longest} tokens)")
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=settings["hidden_size"],
@@ -546,7 +579,7 @@ def train_or_load_lm(args) -> tuple[Path, dict]:
     for step in progress:
         length = args.lm_train_lengths[step % len(args.lm_train_lengths)]
         batch_size = max(1, args.lm_tokens_per_step // length)
-        offsets = torch.randint(0, stream.numel() - length - 1, (batch_size,), generator=generator)
+        offsets = starts[length][torch.randint(0, starts[length].numel(), (batch_size,), generator=generator)]
         batch = torch.stack([stream[o : o + length] for o in offsets.tolist()])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -629,17 +662,18 @@ def run_lm_study(args) -> dict:
     folder, training = train_or_load_lm(args)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
     _, held_out = stdlib_sources(args.lm_files)
-    stream = _token_stream(tokenizer, held_out)
+    stream, files = _token_stream(tokenizer, held_out)
     settings = study_settings(args)
     AttentionInterface.register(WINDOW_ONLY, window_only_attention)
     AttentionMaskInterface.register(WINDOW_ONLY, sdpa_mask)
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
     results = []
     for context in args.lm_contexts:
-        windows = max(1, min(args.lm_eval_tokens // context, (stream.numel() - 1) // context))
+        window_starts = _eval_windows(files, context, max(1, args.lm_eval_tokens // context))
+        windows = window_starts.numel()
         totals = {name: dict(nll=0.0, tokens=0, prefill=0.0, attention=0.0) for name, _, _ in settings}
-        for w in tqdm(range(windows), desc=f"LM study at context {context}"):
-            input_ids = stream[w * context : (w + 1) * context][None]
+        for start in tqdm(window_starts.tolist(), desc=f"LM study at context {context}"):
+            input_ids = stream[start : start + context][None]
             for name, family, conv_settings in settings:
                 implementation = {"sdpa": "sdpa", "sliding": WINDOW_ONLY}.get(family, "conv_basis")
                 model.config.conv_basis = conv_settings
@@ -853,9 +887,11 @@ def write_markdown(report: dict, path: Path) -> None:
             f"dimension {s['head_dim']}, vocabulary {s['vocab_size']} (byte-level BPE), {training['parameters']:,} parameters; "
             f"trained {s['steps']} steps ({training['tokens_seen']:,} tokens; sequence lengths cycling through "
             f"{s['train_lengths']}, about {s['tokens_per_step']} tokens per step) on the Python {s['python']} standard "
-            f"library's sources (tests excluded; a {training['train_tokens']:,}-token training split; "
-            f"final training loss {training['final_loss']}, {training['seconds']} s). Evaluated on held-out files "
-            "(every 10th file), consecutive windows of each context. Settings use `attn_implementation=\"conv_basis\"` with "
+            f"library's sources (tests excluded; a {training['train_tokens']:,}-token training split; every training "
+            f"sequence lies inside one file; final training loss {training['final_loss']}, {training['seconds']} s). "
+            "Evaluated on held-out files (every 10th file): `windows` windows of each context, each inside a single "
+            "file (none crosses a file boundary, so all of a row's context is its own file), spread evenly over the "
+            "files that long. Settings use `attn_implementation=\"conv_basis\"` with "
             "`config.conv_basis` as named (defaults otherwise: probe_len 16, threshold 1e-4; float32 FFTs with the per-row error check, float64 where it asks); `window w` = "
             "sliding window only, run as the implementation's exact local window with every farther key masked "
             "(`conv_basis_attention(local_window=w, sliding_window=w, num_bases=1)`: no far field). Attention time = "

@@ -53,6 +53,28 @@ def test_fft_floor_has_the_sizes_of_the_block_scheme():
     bench.fft_floor(bench.fft_floor_inputs(4096, 2, 17, torch.tensor([0, 1000, 2048])))
 
 
+def test_study_windows_stay_inside_single_files():
+    files = torch.tensor([[0, 5], [5, 6], [6, 16]])  # files of 5, 1 and 10 tokens
+    assert bench._window_starts(files, 4).tolist() == [0, 1, 6, 7, 8, 9, 10, 11, 12]
+    assert bench._window_starts(files, 11).numel() == 0
+    # Evaluation: non-overlapping windows aligned at each file's start, spread over all of them.
+    assert bench._eval_windows(files, 3, count=10).tolist() == [0, 6, 9, 12]
+    assert bench._eval_windows(files, 3, count=2).tolist() == [0, 12]
+    with pytest.raises(ValueError, match="--lm_contexts 11: no held-out file is that long .* 10 tokens"):
+        bench._eval_windows(files, 11, count=1)
+
+
+@pytest.mark.parametrize("option", ["--lm_train_lengths", "--lm_contexts"])
+def test_lm_lengths_longer_than_every_file_fail_before_training(tmp_path, option):
+    lengths = {"--lm_train_lengths": "256", "--lm_contexts": "1024", option: "1000000"}
+    argv = ["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--skip_speed", "--lm_files", "20"]
+    for name, value in lengths.items():
+        argv += [name, value]
+    with pytest.raises(ValueError, match=f"{option} \\[?1000000\\]?: no .* file is that long"):
+        bench.main(argv)
+    assert not list(tmp_path.rglob("*.safetensors")) and not (tmp_path / "out" / "conv_basis.json").exists()
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="--sizes"):
         bench.ConvBasisBenchmarkArguments(sizes=[0, 1024])
