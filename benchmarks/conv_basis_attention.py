@@ -496,8 +496,8 @@ def _token_stream(tokenizer, texts) -> tuple[torch.Tensor, torch.Tensor]:
 def _window_starts(files: torch.Tensor, length: int, stride: int = 1) -> torch.Tensor:
     """Start positions (every `stride`-th) of the `length`-token windows that lie inside a single file.
 
-    The study keeps each window inside one file, so every position's context is its own file's text: windows
-    across file boundaries would make far context noise, and a sliding window would win for that reason alone.
+    The study keeps each window inside one file, so every position's context is its own file's text, never an
+    unrelated file's.
     """
     starts = [torch.arange(start, end - length + 1, stride) for start, end in files.tolist() if end - start >= length]
     return torch.cat(starts) if starts else torch.empty(0, dtype=torch.long)
@@ -545,8 +545,9 @@ def train_or_load_lm(args) -> tuple[Path, dict]:
     set_seed(args.seed)
     train_texts, held_out = stdlib_sources(args.lm_files)
     tokenizer = train_tiny_tokenizer(train_texts[::4], vocab_size=settings["vocab_size"])
+    _, held_out_files = _token_stream(tokenizer, held_out)
     for context in args.lm_contexts:  # fail before training if a context is longer than every held-out file
-        _eval_windows(_token_stream(tokenizer, held_out)[1], context, 1)
+        _eval_windows(held_out_files, context, 1)
     stream, files = _token_stream(tokenizer, train_texts)
     # Every training sequence lies inside one file (see `_window_starts`).
     starts = {length: _window_starts(files, length) for length in set(args.lm_train_lengths)}
