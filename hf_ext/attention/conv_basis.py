@@ -469,7 +469,7 @@ def _buffer(workspace, name, shape, dtype, device):
     return workspace[name, dtype]
 
 
-def _fft_segments(kernel, starts, ends, augmented, band_width, workspace=None):
+def _fft_segments(kernel, starts, ends, augmented, band_width, workspace):
     """Σ_i e_i ⊛ (augmented restricted to segment i) with FFTs, in magnitude bands: `(sums, log_scale, error_scale)`.
 
     Uniformly partitioned convolution: rows and columns are cut into blocks of `b` (`_block_size`).
