@@ -7,9 +7,9 @@
 Part 1 (speed, CPU fp32, attention alone). Inputs whose masked logits have an exact k-conv basis
 (known breakpoints), B=1, H=8, d=64; per sequence length the calls are interleaved: SDPA
 (`scaled_dot_product_attention(is_causal=True)`), conv-basis attention for every k, the bare FFTs
-of its block scheme (the implementation's floor) and, for reference, one FFT convolution per segment
-(the direct way to apply a basis). Errors are measured against an fp64 exact
-softmax on sampled rows, independently of both implementations; peak memory is the growth of the
+of its block scheme (the implementation's floor) and a peer: one FFT convolution per segment (the direct
+way to apply a basis, the calibration prototype's design) in float32 and float64. Errors are measured
+against an fp64 exact softmax on sampled rows, independently of every implementation; peak memory is the growth of the
 process's resident set during the call.
 
 Part 2 (accuracy on a real model). A small Llama-style LM is trained on the Python standard
@@ -262,33 +262,46 @@ def max_row_error(output, reference, rows):
     return float(((approx - reference).norm(dim=-1) / reference.norm(dim=-1)).max())
 
 
+# FFT precisions of the per-segment peer.
+SEGMENT_DTYPES = (torch.float32, torch.float64)
+
+
 def _fast_fft_len(length: int) -> int:
     # Smallest 2^a, 3·2^a or 5·2^a >= length (pocketfft's fastest sizes).
     return min(factor << max(0, math.ceil(math.log2(length / factor))) for factor in (1, 3, 5))
 
 
-def segment_fft_convolution(value, kernels, breakpoints):
-    """A basis applied the direct way, one FFT convolution per segment (a reference point, not our method).
+def segment_fft_attention(value, kernels, breakpoints, dtype):
+    """A basis applied the direct way, one FFT convolution per segment: the calibration prototype's design (a peer).
 
-    Per segment: forward rFFTs of the kernel and of the segment's value columns (plus the ones column of
-    the denominator) over the rows it reaches (length m_i + L_i - 1, rounded up to a fast size), the
-    product and the inverse rFFT; heads batched, fp64, no recovery, no normalisation.
+    Per head and segment: rFFTs of the kernel and of the segment's value columns (plus the ones column of the
+    denominator) over the rows it reaches (length m_i + L_i - 1, rounded up to a fast size), their product, the
+    inverse rFFT, summed over segments; then `Y = N / Z` (rows with `Z <= 0` give 0, as ours do). Its time is
+    almost all FFTs, so it sits near its own floor; but it has no recovery and no error check, and in float32
+    each row's error is relative to the whole segment's largest term. Heads go one at a time: batched, their
+    spectra leave the cache (about 1.5x slower at n = 65536).
 
     Args:
-        value (`(1, H, n, d)`), kernels (`(H, k, n)`: `exp(s_i)` of each segment), breakpoints (`(k,)`).
+        value (`(1, H, n, d)`), kernels (`(H, k, n)`: `exp(s_i - C)` of each segment), breakpoints (`(k,)`),
+        dtype: the precision of the FFTs.
 
     Returns:
-        `(H, d + 1, n)`: the unnormalised numerator channels and the denominator.
+        `(1, H, n, d)` in `dtype`.
     """
     _, num_heads, n, _ = value.shape
-    channels = torch.cat([value[0], torch.ones(num_heads, n, 1)], dim=-1).transpose(1, 2).double()  # (H, d+1, n)
-    ends = torch.cat([breakpoints[1:], torch.tensor([n])]).tolist()
-    output = torch.zeros_like(channels)
-    for i, (start, end) in enumerate(zip(breakpoints.tolist(), ends)):
-        reach = n - start  # m_i: rows from the segment's first column to the end
-        size = _fast_fft_len(reach + (end - start) - 1)
-        spectrum = torch.fft.rfft(channels[..., start:end], n=size) * torch.fft.rfft(kernels[:, i, None, :reach], n=size)
-        output[..., start:] += torch.fft.irfft(spectrum, n=size)[..., :reach]
+    ends = breakpoints[1:].tolist() + [n]
+    output = value.new_empty(value.shape, dtype=dtype)
+    for head in range(num_heads):
+        channels = torch.cat([value[0, head], value.new_ones(n, 1)], dim=-1).T.to(dtype)  # (d + 1, n)
+        head_kernels = kernels[head].to(dtype)
+        sums = torch.zeros_like(channels)
+        for i, (start, end) in enumerate(zip(breakpoints.tolist(), ends)):
+            reach = n - start  # m_i: rows from the segment's first column to the end
+            size = _fast_fft_len(reach + (end - start) - 1)
+            spectrum = torch.fft.rfft(channels[:, start:end], n=size) * torch.fft.rfft(head_kernels[i, :reach], n=size)
+            sums[:, start:] += torch.fft.irfft(spectrum, n=size)[:, :reach]
+        numerator, denominator = sums[:-1], sums[-1]
+        output[0, head] = torch.where(denominator > 0, numerator / denominator, 0.0).T
     return output
 
 
@@ -379,7 +392,8 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                 else:
                     inputs[kind, k] = (*gaussian_inputs(n, heads, args.head_dim, seed), torch.zeros(1, dtype=torch.long))
             case["inputs"] = inputs[kind, k]
-            case["conv_times"], case["floor_times"], case["segment_times"] = [], [], []
+            case["conv_times"], case["floor_times"] = [], []
+            case["segment_times"], case["segment_outputs"] = {dtype: [] for dtype in SEGMENT_DTYPES}, {}
             if kind == "k_conv" and case["local_window"] == 0:  # the floors' inputs, untimed
                 query, key, value, breakpoints = case["inputs"]
                 case["kernels"] = _segment_kernels(query, key, breakpoints, scaling)
@@ -415,10 +429,12 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                     if "kernels" in case:
                         _, seconds, _ = _measure(lambda: fft_floor(case["floor_inputs"]), False)
                         case["floor_times"].append(seconds)
-                        _, seconds, _ = _measure(
-                            lambda: segment_fft_convolution(value, case["kernels"], breakpoints), False
-                        )
-                        case["segment_times"].append(seconds)
+                        for dtype in SEGMENT_DTYPES:
+                            out, seconds, _ = _measure(
+                                lambda: segment_fft_attention(value, case["kernels"], breakpoints, dtype), False
+                            )
+                            case["segment_times"][dtype].append(seconds)
+                            case["segment_outputs"][dtype] = out
 
             sdpa_seconds = statistics.median(sdpa_times) if sdpa_times else None
             for index, case in enumerate(cases):
@@ -433,7 +449,13 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                     recovered = found.shape[-1] == breakpoints.numel() and bool((found == breakpoints).all())
                 conv_seconds = statistics.median(case["conv_times"])
                 floor_seconds = statistics.median(case["floor_times"]) if case["floor_times"] else None
-                segment_seconds = statistics.median(case["segment_times"]) if case["segment_times"] else None
+                segment = {}  # the per-segment peer's time and error, per FFT precision
+                for dtype, times in case["segment_times"].items():
+                    bits = torch.finfo(dtype).bits
+                    segment[f"segment_fft{bits}_seconds"] = _round(statistics.median(times)) if times else None
+                    segment[f"segment_fft{bits}_max_rel_error"] = (
+                        float(f"{max_row_error(case['segment_outputs'][dtype], reference, sampled):.3e}") if times else None
+                    )
                 sdpa_error = max_row_error(sdpa_output, reference, sampled) if index == 0 and sdpa_output is not None else None
                 rows.append(
                     dict(
@@ -448,7 +470,7 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                         speedup=_round(sdpa_seconds / conv_seconds if sdpa_seconds else None, 3),
                         fft_floor_seconds=_round(floor_seconds),
                         floor_ratio=_round(conv_seconds / floor_seconds if floor_seconds else None, 3),
-                        segment_fft_seconds=_round(segment_seconds),
+                        **segment,
                         max_rel_error=float(f"{max_row_error(case['output'], reference, sampled):.3e}"),
                         sdpa_max_rel_error=None if sdpa_error is None else float(f"{sdpa_error:.3e}"),
                         breakpoints_recovered=recovered,
@@ -831,7 +853,8 @@ def _table(records: list[dict], columns: list[str]) -> str:
 
 SPEED_COLUMNS = [
     "n", "num_bases", "local_window", "input_kind", "num_heads", "sdpa_seconds", "conv_basis_seconds", "speedup",
-    "fft_floor_seconds", "floor_ratio", "segment_fft_seconds", "max_rel_error", "sdpa_max_rel_error",
+    "fft_floor_seconds", "floor_ratio", "max_rel_error", "sdpa_max_rel_error", "segment_fft32_seconds",
+    "segment_fft32_max_rel_error", "segment_fft64_seconds", "segment_fft64_max_rel_error",
     "breakpoints_recovered", "peak_mem_mb", "sdpa_peak_mem_mb",
 ]  # fmt: skip
 LM_COLUMNS = [
@@ -864,8 +887,11 @@ def write_markdown(report: dict, path: Path) -> None:
             "(first/last rows, rows at breakpoints, random rows); `sdpa_max_rel_error` is SDPA's against the same "
             "reference. `fft_floor_seconds`: the implementation's own floor, its forward and inverse float32 FFTs alone at "
             "the sizes and in the chunks inference uses (value pieces, kernel windows, output blocks; no block sums, copies, "
-            "recovery, error estimate or normalisation). `segment_fft_seconds`: for reference, the same basis applied the direct way, one FFT "
-            "convolution per segment over the rows it reaches (fp64). "
+            "recovery, error estimate or normalisation). `segment_fft32_*` / `segment_fft64_*`: a peer, the calibration "
+            "prototype's design: the same known basis applied the direct way, one FFT convolution per segment over the rows "
+            "it reaches, in float32 / float64, then normalised; no recovery and no error check, so its time is almost all "
+            "FFTs (it sits near its own floor), and its error shows what float32 costs without the block scheme's per-row "
+            "check. "
             "`peak_mem_mb`: growth of the process's resident set during one call. SDPA is timed once per repetition per n "
             f"(its cost does not depend on the values); from n={meta['arguments']['long_from']} both sides use "
             f"{meta['arguments']['long_heads']} heads.",

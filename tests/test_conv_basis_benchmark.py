@@ -30,14 +30,31 @@ def test_fp64_reference_rows_match_sdpa():
     assert bench.max_row_error(sdpa + 0.1, reference, rows) > 1e-2
 
 
-def test_segment_fft_convolution_does_the_whole_convolution():
-    # The per-segment reference times real work: normalised, its output is exact attention on k-conv inputs.
+def test_segment_fft_attention_does_the_whole_convolution():
+    # The per-segment peer times real work: its output is exact attention on k-conv inputs.
     query, key, value, breakpoints = bench.k_conv_inputs(257, 2, 16, 3, logit_std=2.0, seed=2)
     kernels = bench._segment_kernels(query, key, breakpoints, 16**-0.5)
-    channels = bench.segment_fft_convolution(value, kernels, breakpoints)  # (H, d + 1, n)
-    output = (channels[:, :-1] / channels[:, -1:]).transpose(1, 2)[None].float()
     expected = F.scaled_dot_product_attention(query, key, value, is_causal=True)
-    torch.testing.assert_close(output, expected, rtol=1e-4, atol=1e-5)
+    output = bench.segment_fft_attention(value, kernels, breakpoints, torch.float64)
+    assert output.shape == value.shape and output.dtype == torch.float64
+    torch.testing.assert_close(output.float(), expected, rtol=1e-4, atol=1e-5)
+    output32 = bench.segment_fft_attention(value, kernels, breakpoints, torch.float32)
+    assert output32.dtype == torch.float32
+    torch.testing.assert_close(output32, expected, rtol=1e-2, atol=1e-3)
+
+
+def test_float32_per_segment_peer_loses_rows_that_ours_keeps():
+    # At n = 4096 (logit std 2) whole-segment float32 FFTs lose rows of small mass; the block scheme's per-row
+    # check keeps every sampled row within the 1e-4.
+    n = 4096
+    query, key, value, breakpoints = bench.k_conv_inputs(n, 2, 64, 8, logit_std=2.0, seed=n + 8)
+    rows = bench.sample_rows(n, breakpoints)
+    reference = bench.exact_rows_fp64(query, key, value, rows, 64**-0.5)
+    kernels = bench._segment_kernels(query, key, breakpoints, 64**-0.5)
+    peer = bench.segment_fft_attention(value, kernels, breakpoints, torch.float32)
+    assert bench.max_row_error(peer, reference, rows) > 1e-2
+    ours = bench.conv_basis_attention(query, key, value, num_bases=8)
+    assert bench.max_row_error(ours, reference, rows) <= 1e-4
 
 
 def test_fft_floor_has_the_sizes_of_the_block_scheme():
@@ -98,7 +115,8 @@ def test_smallest_run_writes_schema_and_small_errors(tmp_path):
     rows = report["rows"]
     assert {(r["num_bases"], r["local_window"]) for r in rows} == {(8, 0), (8, 128)}
     required = {"n", "num_bases", "local_window", "input_kind", "sdpa_seconds", "conv_basis_seconds", "speedup",
-                "fft_floor_seconds", "segment_fft_seconds", "max_rel_error", "peak_mem_mb"}  # fmt: skip
+                "fft_floor_seconds", "segment_fft32_seconds", "segment_fft32_max_rel_error", "segment_fft64_seconds",
+                "segment_fft64_max_rel_error", "max_rel_error", "peak_mem_mb"}  # fmt: skip
     for row in rows:
         assert required <= set(row)
         assert row["conv_basis_seconds"] > 0 and row["sdpa_seconds"] > 0
