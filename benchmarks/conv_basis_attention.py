@@ -563,7 +563,7 @@ def train_or_load_lm(args) -> tuple[Path, dict]:
     if log_file.is_file():
         log = json.loads(log_file.read_text())
         if log.get("settings") == settings:
-            return folder, log
+            return folder, {**log, "cached": True}
     set_seed(args.seed)
     train_texts, held_out = stdlib_sources(args.lm_files)
     tokenizer = train_tiny_tokenizer(train_texts[::4], vocab_size=settings["vocab_size"])
@@ -915,7 +915,9 @@ def write_markdown(report: dict, path: Path) -> None:
             f"trained {s['steps']} steps ({training['tokens_seen']:,} tokens; sequence lengths cycling through "
             f"{s['train_lengths']}, about {s['tokens_per_step']} tokens per step) on the Python {s['python']} standard "
             f"library's sources (tests excluded; a {training['train_tokens']:,}-token training split; every training "
-            f"sequence lies inside one file; final training loss {training['final_loss']}, {training['seconds']} s). "
+            f"sequence lies inside one file; final training loss {training['final_loss']}, {training['seconds']} s"
+            + ("; loaded from `--cache_dir`, where an earlier run trained it" if training.get("cached") else "")
+            + "). "
             "Evaluated on held-out files (every 10th file): `windows` windows of each context, each inside a single "
             "file (none crosses a file boundary, so all of a row's context is its own file), spread evenly over the "
             "files that long. Settings use `attn_implementation=\"conv_basis\"` with "

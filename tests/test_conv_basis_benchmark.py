@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import HfArgumentParser
 
 from hf_ext.benchmarks import conv_basis_attention as bench
 
@@ -109,7 +110,8 @@ def test_smallest_run_writes_schema_and_small_errors(tmp_path):
     ]  # fmt: skip
     assert bench.main(argv) == 0
     report = json.loads((tmp_path / "out" / "conv_basis.json").read_text())
-    assert (tmp_path / "out" / "conv_basis.md").read_text().startswith("# Conv-basis attention benchmark")
+    markdown = (tmp_path / "out" / "conv_basis.md").read_text()
+    assert markdown.startswith("# Conv-basis attention benchmark") and "loaded from `--cache_dir`" not in markdown
     assert (tmp_path / "out" / "conv_basis.png").stat().st_size > 0
 
     rows = report["rows"]
@@ -132,3 +134,11 @@ def test_smallest_run_writes_schema_and_small_errors(tmp_path):
     assert ratio["sdpa"] == 1.0
     assert ratio["window w=1024"] == pytest.approx(1.0, abs=1e-4)  # a window covering the context is exact
     assert ratio["window w=64"] != pytest.approx(1.0, abs=1e-6)  # a narrow one is not
+
+    # The same settings again: the LM comes from the cache, and the report says so.
+    (args,) = HfArgumentParser(bench.ConvBasisBenchmarkArguments).parse_args_into_dataclasses(argv)
+    _, training = bench.train_or_load_lm(args)
+    assert training["cached"] is True and training["settings"] == report["lm"]["training"]["settings"]
+    report["lm"]["training"] = training
+    bench.write_markdown(report, tmp_path / "again.md")
+    assert "loaded from `--cache_dir`" in (tmp_path / "again.md").read_text()
