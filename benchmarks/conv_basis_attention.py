@@ -665,7 +665,8 @@ def _timed_attention(name: str):
 
 def study_settings(args) -> list[tuple[str, str, dict | None]]:
     """`(setting, family, conv_basis dict or None for SDPA)` of the accuracy study; family "sliding" runs
-    `window_only_attention`, the others the registered `"conv_basis"` implementation."""
+    `window_only_attention`, the others the registered `"conv_basis"` implementation, at every context
+    (`min_seq_len=0`)."""
     settings = [("sdpa", "sdpa", None)]
     settings += [(f"paper k={k}", "paper", dict(num_bases=k)) for k in args.paper_num_bases]
     # Far field off: a sliding window as wide as the exact local window masks every farther column.
@@ -677,7 +678,7 @@ def study_settings(args) -> list[tuple[str, str, dict | None]]:
         name = f"auto k={args.auto_num_bases} tol={tolerance:g}" + (f" w={args.auto_window}" if args.auto_window else "")
         auto = dict(policy="auto", num_bases=args.auto_num_bases, auto_tolerance=tolerance, local_window=args.auto_window)
         settings.append((name, "auto", auto))
-    return settings
+    return [(name, family, None if conv is None else {**conv, "min_seq_len": 0}) for name, family, conv in settings]
 
 
 def run_lm_study(args) -> dict:
@@ -921,7 +922,7 @@ def write_markdown(report: dict, path: Path) -> None:
             "Evaluated on held-out files (every 10th file): `windows` windows of each context, each inside a single "
             "file (none crosses a file boundary, so all of a row's context is its own file), spread evenly over the "
             "files that long. Settings use `attn_implementation=\"conv_basis\"` with "
-            "`config.conv_basis` as named (defaults otherwise: probe_len 16, threshold 1e-4; float32 FFTs with the per-row error check, float64 where it asks); `window w` = "
+            "`config.conv_basis` as named and `min_seq_len` 0, so every context goes through the basis (defaults otherwise: probe_len 16, threshold 1e-4; float32 FFTs with the per-row error check, float64 where it asks); `window w` = "
             "sliding window only, run as the implementation's exact local window with every farther key masked "
             "(`conv_basis_attention(local_window=w, sliding_window=w, num_bases=1)`: no far field). Attention time = "
             "wall time inside the attention function, all layers; speedup = SDPA's attention time / the setting's.",

@@ -134,6 +134,8 @@ def test_smallest_run_writes_schema_and_small_errors(tmp_path):
     assert ratio["sdpa"] == 1.0
     assert ratio["window w=1024"] == pytest.approx(1.0, abs=1e-4)  # a window covering the context is exact
     assert ratio["window w=64"] != pytest.approx(1.0, abs=1e-6)  # a narrow one is not
+    perplexity = {r["setting"]: r["perplexity"] for r in report["lm"]["results"]}
+    assert perplexity["paper k=4"] != perplexity["sdpa"]  # the basis runs below the default min_seq_len
 
     # The same settings again: the LM comes from the cache, and the report says so.
     (args,) = HfArgumentParser(bench.ConvBasisBenchmarkArguments).parse_args_into_dataclasses(argv)
