@@ -392,10 +392,13 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                 else:
                     inputs[kind, k] = (*gaussian_inputs(n, heads, args.head_dim, seed), torch.zeros(1, dtype=torch.long))
             case["inputs"] = inputs[kind, k]
+            query, key, value, breakpoints = case["inputs"]
+            # Sampled rows and their exact outputs (untimed), against which every implementation's error is measured.
+            case["sampled"] = sample_rows(n, breakpoints, seed=args.seed)
+            case["reference"] = exact_rows_fp64(query, key, value, case["sampled"], scaling)
             case["conv_times"], case["floor_times"] = [], []
-            case["segment_times"], case["segment_outputs"] = {dtype: [] for dtype in SEGMENT_DTYPES}, {}
+            case["segment_times"], case["segment_errors"] = {dtype: [] for dtype in SEGMENT_DTYPES}, {}
             if kind == "k_conv" and case["local_window"] == 0:  # the floors' inputs, untimed
-                query, key, value, breakpoints = case["inputs"]
                 case["kernels"] = _segment_kernels(query, key, breakpoints, scaling)
                 case["floor_inputs"] = fft_floor_inputs(n, heads, value.shape[-1] + 1, breakpoints)
 
@@ -434,13 +437,12 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                                 lambda: segment_fft_attention(value, case["kernels"], breakpoints, dtype), False
                             )
                             case["segment_times"][dtype].append(seconds)
-                            case["segment_outputs"][dtype] = out
+                            case["segment_errors"][dtype] = max_row_error(out, case["reference"], case["sampled"])
 
             sdpa_seconds = statistics.median(sdpa_times) if sdpa_times else None
             for index, case in enumerate(cases):
                 query, key, value, breakpoints = case["inputs"]
-                sampled = sample_rows(n, breakpoints, seed=args.seed)
-                reference = exact_rows_fp64(query, key, value, sampled, scaling)
+                sampled, reference = case["sampled"], case["reference"]
                 recovered = None
                 if case["input_kind"] == "k_conv":
                     found = recover_conv_basis(
@@ -454,7 +456,7 @@ def run_speed(args: "ConvBasisBenchmarkArguments") -> list[dict]:
                     bits = torch.finfo(dtype).bits
                     segment[f"segment_fft{bits}_seconds"] = _round(statistics.median(times)) if times else None
                     segment[f"segment_fft{bits}_max_rel_error"] = (
-                        float(f"{max_row_error(case['segment_outputs'][dtype], reference, sampled):.3e}") if times else None
+                        float(f"{case['segment_errors'][dtype]:.3e}") if times else None
                     )
                 sdpa_error = max_row_error(sdpa_output, reference, sampled) if index == 0 and sdpa_output is not None else None
                 rows.append(
